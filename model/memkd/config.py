@@ -1,0 +1,150 @@
+"""Model and training settings of MemKD (see shared/MEMKD.md §2-§5).
+
+``ModelConfig`` is everything needed to rebuild a line's network; it is stored in the artifact.
+``TrainConfig`` is how one fit was run; it is stored in the artifact's provenance. Both are frozen
+and round-trip through plain JSON dicts; unknown keys are refused so that an artifact written by a
+newer library is not silently misread.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from memkd.errors import ConfigError
+
+__all__ = ["ModelConfig", "TrainConfig"]
+
+Fusion = Literal["concat", "add"]
+ThresholdRule = Literal["mean_std", "quantile"]
+
+
+def _from_dict(cls: type, data: dict[str, Any]) -> Any:
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{cls.__name__}: unknown setting(s) {', '.join(unknown)}")
+    return cls(**data)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """How to build a line's student network.
+
+    Attributes:
+        backbone: teacher name, a key of ``memkd.backbones.BACKBONES``.
+        input_size: square input side in pixels; a multiple of 32 (the bottleneck is at stride 32).
+        width_mult: scales every trained width except the outputs compared with the teacher.
+        memory: NR memories on (MemKD) or off (plain Reverse Distillation).
+        memory_items: L, key/value pairs per memory.
+        temperature: softmax temperature of the memory read (not given by the paper).
+        fusion: how the recalled normality joins the student feature: "concat" (paper) or "add".
+    """
+
+    backbone: str = "tf_efficientnet_lite0"
+    input_size: int = 256
+    width_mult: float = 1.0
+    memory: bool = True
+    memory_items: int = 50
+    temperature: float = 0.1
+    fusion: Fusion = "concat"
+
+    def __post_init__(self) -> None:
+        if self.input_size < 64 or self.input_size % 32:
+            raise ConfigError(
+                f"input_size must be a multiple of 32 and >= 64, got {self.input_size}"
+            )
+        if not 0.0 < self.width_mult <= 16.0:
+            raise ConfigError(f"width_mult must be in (0, 16], got {self.width_mult}")
+        if self.memory_items < 1:
+            raise ConfigError(f"memory_items must be >= 1, got {self.memory_items}")
+        if self.temperature <= 0:
+            raise ConfigError(f"temperature must be > 0, got {self.temperature}")
+        if self.fusion not in ("concat", "add"):
+            raise ConfigError(f"fusion must be 'concat' or 'add', got {self.fusion!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        return _from_dict(cls, data)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train one line model.
+
+    ``steps`` wins over ``epochs``; with neither, ``DEFAULT_STEPS`` optimiser steps are run.
+    One epoch = ceil(n_train / batch_size) steps.
+
+    Calibration: ``holdout_fraction`` of the good images (at least ``min_holdout`` when there are
+    enough images; at least one image always stays for training) is never trained on; their
+    scores set the threshold. ``threshold_rule="mean_std"`` (default) uses mean + k*std: with the
+    few dozen held-out images a line usually has, a 0.99 quantile is just their maximum and
+    swings with one image; ``"quantile"`` uses ``threshold_quantile``.
+
+    ``feature_cache_mb`` bounds the cache of frozen-teacher features of the training images
+    (no augmentation, so they never change during a fit); above it they are recomputed per step.
+    """
+
+    DEFAULT_STEPS = 300
+
+    steps: int | None = None
+    epochs: int | None = None
+    batch_size: int = 16
+    lr: float = 0.005
+    betas: tuple[float, float] = (0.5, 0.999)
+    exemplars: int = 16
+    w_nm: float = 0.1
+    w_orth: float = 0.1
+    seed: int = 0
+    holdout_fraction: float = 0.15
+    min_holdout: int = 4
+    threshold_rule: ThresholdRule = "mean_std"
+    threshold_k: float = 3.0
+    threshold_quantile: float = 0.99
+    device: str | None = None
+    feature_cache_mb: int = 2048
+    log_every: int = 10
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+        if self.steps is not None and self.steps < 1:
+            raise ConfigError(f"steps must be >= 1, got {self.steps}")
+        if self.epochs is not None and self.epochs < 1:
+            raise ConfigError(f"epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1 or self.exemplars < 1:
+            raise ConfigError("batch_size and exemplars must be >= 1")
+        if self.lr <= 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if not 0.0 <= self.holdout_fraction < 1.0:
+            raise ConfigError(f"holdout_fraction must be in [0, 1), got {self.holdout_fraction}")
+        if self.threshold_rule not in ("mean_std", "quantile"):
+            raise ConfigError(
+                f"threshold_rule must be 'mean_std' or 'quantile', got {self.threshold_rule!r}"
+            )
+        if not 0.0 < self.threshold_quantile <= 1.0:
+            raise ConfigError(
+                f"threshold_quantile must be in (0, 1], got {self.threshold_quantile}"
+            )
+
+    def total_steps(self, n_train: int) -> int:
+        """Optimiser steps this config runs on ``n_train`` training images."""
+        if self.steps is not None:
+            return self.steps
+        if self.epochs is not None:
+            per_epoch = -(-n_train // min(self.batch_size, n_train))
+            return self.epochs * per_epoch
+        return self.DEFAULT_STEPS
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["betas"] = list(self.betas)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        return _from_dict(cls, data)

@@ -1,0 +1,230 @@
+"""A line's trained model: the student, its calibration and the record to rebuild and audit it.
+
+``LineModel`` is what ``fit`` returns, what the artifact stores (DESIGN.md §5) and what the worker
+scores with. The frozen teacher is shared by all lines of a backbone and is not part of it; it is
+passed to ``score`` and checked against the record on ``load``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import platform
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import memkd
+from memkd.anomaly import AnomalyResult, Calibration, anomaly_result
+from memkd.artifact import ArtifactError, check_record_compatible, read_artifact, write_artifact
+from memkd.backbones import Teacher, backbone_spec
+from memkd.config import ModelConfig
+from memkd.network import MemKDStudent
+
+__all__ = ["RECORD_KIND", "RECORD_SCHEMA", "LineModel"]
+
+RECORD_KIND = "memkd-line-model"
+RECORD_SCHEMA = 1
+
+
+def _device_of(module: torch.nn.Module) -> torch.device:
+    return next(module.parameters()).device
+
+
+class LineModel:
+    """Student + calibration + region of interest + normalisation + provenance of one line.
+
+    Attributes:
+        config: how the student is built.
+        student: the trained ``MemKDStudent`` (eval mode).
+        calibration: threshold and normal-score statistics (None only before calibration).
+        roi: (x, y, w, h) crop box applied before resizing, or None for the whole image.
+        teacher_info: ``Teacher.describe()`` of the teacher it was trained with.
+        mean, std: the input normalisation (the teacher's).
+        provenance: training set size, seed, train config, metrics, timings, versions.
+    """
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        student: MemKDStudent,
+        teacher_info: dict[str, Any],
+        calibration: Calibration | None = None,
+        *,
+        roi: Sequence[int] | None = None,
+        provenance: dict[str, Any] | None = None,
+    ) -> None:
+        self.config = config
+        self.student = student.eval()
+        self.teacher_info = dict(teacher_info)
+        self.calibration = calibration
+        self.roi: tuple[int, int, int, int] | None = (
+            tuple(int(v) for v in roi) if roi is not None else None  # type: ignore[assignment]
+        )
+        self.provenance = dict(provenance or {})
+
+    @property
+    def mean(self) -> tuple[float, float, float]:
+        return tuple(self.teacher_info["mean"])  # type: ignore[return-value]
+
+    @property
+    def std(self) -> tuple[float, float, float]:
+        return tuple(self.teacher_info["std"])  # type: ignore[return-value]
+
+    @property
+    def input_size(self) -> int:
+        return self.config.input_size
+
+    @property
+    def threshold(self) -> float:
+        if self.calibration is None:
+            raise ValueError("this line model has not been calibrated")
+        return self.calibration.threshold
+
+    @property
+    def device(self) -> torch.device:
+        return _device_of(self.student)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the student's parameters and buffers where they live (for the worker's LRU)."""
+        return self.student.nbytes
+
+    def to(self, device: str | torch.device) -> LineModel:
+        """Move the student (channels_last on CUDA); returns self."""
+        device = torch.device(device)
+        self.student.to(device)
+        if device.type == "cuda":
+            self.student.to(memory_format=torch.channels_last)
+        return self
+
+    def score(self, teacher: Teacher, batch: torch.Tensor) -> AnomalyResult:
+        """Anomaly maps [B, 1, H, W] and scores [B] for a preprocessed batch [B, 3, H, W].
+
+        Runs under inference_mode with the student in eval mode; on CUDA with bf16 autocast and
+        channels_last. Maps and scores are float32 on the model's device.
+        """
+        if batch.ndim != 4 or batch.shape[1] != 3:
+            raise ValueError(f"expected a batch [B, 3, H, W], got {tuple(batch.shape)}")
+        self.student.eval()
+        device = self.device
+        cuda = device.type == "cuda"
+        with torch.inference_mode():
+            x = batch.to(device, non_blocking=True)
+            if cuda:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+                t_feats = teacher(x)
+                s_feats = self.student(t_feats)
+            return anomaly_result(t_feats, s_feats, tuple(x.shape[-2:]))
+
+    def record(self) -> dict[str, Any]:
+        """Everything of DESIGN.md §5 as a JSON-able dict (stored in the artifact header)."""
+        return {
+            "kind": RECORD_KIND,
+            "schema": RECORD_SCHEMA,
+            "model": self.config.to_dict(),
+            "teacher": dict(self.teacher_info),
+            "widths": dict(self.student.widths),
+            "input_size": self.config.input_size,
+            "normalization": {"mean": list(self.mean), "std": list(self.std)},
+            "roi": list(self.roi) if self.roi is not None else None,
+            "calibration": self.calibration.to_dict() if self.calibration else None,
+            "provenance": dict(self.provenance),
+        }
+
+    def save(self, path: Path | str, dtype: str = "fp32") -> str:
+        """Write the safetensors artifact and ``<path>.sha256``; return the sha256 hex."""
+        record = self.record()
+        record["provenance"].setdefault("saved_at", dt.datetime.now(dt.UTC).isoformat())
+        record["weights_dtype"] = dtype
+        return write_artifact(Path(path), self.student.state_dict(), record, dtype=dtype)
+
+    @classmethod
+    def from_record(
+        cls, record: dict[str, Any], tensors: dict[str, torch.Tensor] | None = None
+    ) -> LineModel:
+        """Rebuild the network a record describes (and load its weights, strict)."""
+        if record.get("kind") != RECORD_KIND or record.get("schema") != RECORD_SCHEMA:
+            raise ArtifactError(
+                f"not a line model record this memkd can read (kind {record.get('kind')!r}, "
+                f"schema {record.get('schema')!r}); retrain the line with this version.",
+                code="artifact-mismatch",
+            )
+        try:
+            config = ModelConfig.from_dict(record["model"])
+            teacher_info = record["teacher"]
+            spec = backbone_spec(config.backbone)
+            student = MemKDStudent(
+                config, teacher_info["channels"], bool(teacher_info["signed_features"])
+            )
+            if tuple(teacher_info["channels"]) != spec.channels or dict(record["widths"]) != (
+                student.widths
+            ):
+                raise ValueError("the recorded widths differ from what this memkd builds")
+            calibration = (
+                Calibration.from_dict(record["calibration"]) if record["calibration"] else None
+            )
+            if tensors is not None:
+                student.load_state_dict(tensors, strict=True)
+        except ArtifactError:
+            raise
+        except Exception as exc:
+            raise ArtifactError(
+                f"the line model record cannot be rebuilt ({exc}); retrain the line with this "
+                "version of memkd.",
+                code="artifact-mismatch",
+            ) from exc
+        return cls(
+            config,
+            student,
+            teacher_info,
+            calibration,
+            roi=record.get("roi"),
+            provenance=record.get("provenance"),
+        )
+
+    @classmethod
+    def load(
+        cls,
+        source: Path | str | bytes,
+        teacher: Teacher | None = None,
+        expected_sha256: str | None = None,
+        *,
+        device: str | torch.device | None = None,
+    ) -> LineModel:
+        """Read an artifact (sha256-checked), check it fits ``teacher``, rebuild the line model.
+
+        A path is checked against ``expected_sha256`` or its ``.sha256`` sidecar; bytes are checked
+        when ``expected_sha256`` is given. The model goes to ``device``, else the teacher's device,
+        else the CPU. Raises ``ArtifactError`` (artifact-checksum / -corrupt / -mismatch).
+        """
+        tensors, record = read_artifact(source, expected_sha256)
+        if teacher is not None:
+            check_record_compatible(record, teacher.name, teacher.channels)
+            recorded = record.get("teacher", {})
+            for key in ("mean", "std", "fingerprint"):
+                have = teacher.describe()[key]
+                if recorded.get(key) != have:
+                    raise ArtifactError(
+                        f"the line model was trained with other {teacher.name} teacher weights "
+                        f"({key}: {recorded.get(key)} vs {have}); load it with the teacher "
+                        "weights it was trained with, or retrain the line.",
+                        code="artifact-mismatch",
+                    )
+        model = cls.from_record(record, tensors)
+        target = device if device is not None else (teacher.device if teacher else "cpu")
+        return model.to(target)
+
+
+def code_version() -> dict[str, str]:
+    """Versions that shaped a model, for its provenance."""
+    import timm
+
+    return {
+        "memkd": memkd.__version__,
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "python": platform.python_version(),
+    }

@@ -1,0 +1,235 @@
+"""Training a line model: MemKD's schedule (shared/MEMKD.md §4-§5).
+
+Adam (lr 0.005, betas (0.5, 0.999), no weight decay) over bottleneck + decoder + memories;
+L = L_KD + w_nm * L_NM + w_orth * L_Orth with NEL exemplars drawn afresh from the training images
+every step. No augmentation, so the frozen teacher's features of the training images never change
+during a fit: they are computed once and cached (within ``feature_cache_mb``), which makes a CPU
+fit several times faster without changing a single gradient. A seeded slice of the good images is
+held out; their scores calibrate the threshold. Nothing here looks at test data.
+
+CUDA: the student runs under bf16 autocast and channels_last; losses are computed in float32.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from memkd.anomaly import Calibration
+from memkd.backbones import Teacher, load_teacher
+from memkd.config import ModelConfig, TrainConfig
+from memkd.line_model import LineModel, code_version
+from memkd.losses import kd_loss, nm_loss, orth_loss
+from memkd.network import MemKDStudent
+from memkd.preprocess import load_image, preprocess
+
+__all__ = ["FitResult", "Progress", "fit", "holdout_split", "load_batch", "resolve_device"]
+
+Progress = Callable[[int, int, dict[str, float]], None]
+ImageSource = Path | str | bytes | Image.Image
+
+
+@dataclass
+class FitResult:
+    """The trained, calibrated line model and a JSON-able report of the fit."""
+
+    model: LineModel
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None``/"auto" -> CUDA when present, else CPU."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def load_batch(
+    images: Sequence[ImageSource],
+    size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    roi: Sequence[int] | None = None,
+) -> torch.Tensor:
+    """Load and preprocess images into one [N, 3, size, size] tensor (the shared preprocessing)."""
+    return torch.stack([preprocess(load_image(img), size, mean, std, roi) for img in images])
+
+
+def holdout_split(n: int, cfg: TrainConfig) -> tuple[list[int], list[int]]:
+    """Seeded (train indices, held-out indices); at least one image always stays for training."""
+    if n < 1:
+        raise ValueError("fit needs at least one good image")
+    n_hold = 0
+    if cfg.holdout_fraction > 0:
+        n_hold = max(round(cfg.holdout_fraction * n), min(cfg.min_holdout, n // 5))
+    n_hold = min(n_hold, n - 1)
+    gen = torch.Generator().manual_seed(cfg.seed + 7919)
+    perm = torch.randperm(n, generator=gen).tolist()
+    return sorted(perm[n_hold:]), sorted(perm[:n_hold])
+
+
+class _FeatureSource:
+    """Teacher features of the training images: cached when they fit the budget, else recomputed."""
+
+    def __init__(self, teacher: Teacher, x: torch.Tensor, device: torch.device, budget_mb: int):
+        self.teacher, self.x, self.device = teacher, x, device
+        probe = teacher(x[:1].to(teacher.device))
+        per_image = sum(f.numel() * 4 for f in probe)
+        self.cached = per_image * len(x) <= budget_mb * 2**20
+        self.feats: list[torch.Tensor] | None = None
+        if self.cached:
+            self.feats = [torch.cat(fs).to(device) for fs in zip(*self._compute(x), strict=True)]
+
+    def _compute(self, x: torch.Tensor, chunk: int = 16) -> list[list[torch.Tensor]]:
+        return [
+            [f.float() for f in self.teacher(x[i : i + chunk].to(self.teacher.device))]
+            for i in range(0, len(x), chunk)
+        ]
+
+    def get(self, idx: torch.Tensor) -> list[torch.Tensor]:
+        if self.feats is not None:
+            return [f[idx.to(f.device)] for f in self.feats]
+        return [
+            torch.cat(fs).to(self.device) for fs in zip(*self._compute(self.x[idx]), strict=True)
+        ]
+
+
+def _batches(n: int, batch: int, gen: torch.Generator):
+    """Endless stream of full batches from concatenated random permutations (epoch order)."""
+    buf: list[int] = []
+    while True:
+        while len(buf) < batch:
+            buf += torch.randperm(n, generator=gen).tolist()
+        yield torch.tensor(buf[:batch])
+        buf = buf[batch:]
+
+
+def fit(
+    images: Sequence[ImageSource],
+    model_config: ModelConfig | None = None,
+    train_config: TrainConfig | None = None,
+    teacher: Teacher | None = None,
+    progress: Progress | None = None,
+    *,
+    roi: Sequence[int] | None = None,
+) -> FitResult:
+    """Train and calibrate a line model on good images.
+
+    Args:
+        images: good images (paths, bytes or PIL images); a seeded slice is held out.
+        model_config, train_config: defaults when None.
+        teacher: the frozen teacher (loaded with its default weights when None); it must match
+            ``model_config.backbone``.
+        progress: called after every step as ``progress(step, total_steps, losses)``.
+        roi: the line's crop box (x, y, w, h), applied before resizing, stored in the model.
+    """
+    mcfg = model_config or ModelConfig()
+    tcfg = train_config or TrainConfig()
+    device = resolve_device(
+        tcfg.device if tcfg.device is not None else (teacher.device if teacher else None)
+    )
+    if teacher is None:
+        teacher = load_teacher(mcfg.backbone, device=device)
+    if teacher.name != mcfg.backbone:
+        raise ValueError(f"teacher {teacher.name} does not match backbone {mcfg.backbone}")
+    cuda = device.type == "cuda"
+    started = time.perf_counter()
+    torch.manual_seed(tcfg.seed)
+    np.random.seed(tcfg.seed % 2**32)
+
+    x_all = load_batch(images, mcfg.input_size, teacher.mean, teacher.std, roi)
+    train_idx, hold_idx = holdout_split(len(x_all), tcfg)
+    x_train = x_all[train_idx]
+    source = _FeatureSource(teacher, x_train, device, tcfg.feature_cache_mb)
+
+    student = MemKDStudent(mcfg, teacher.channels, teacher.spec.signed_features).to(device)
+    if cuda:
+        student = student.to(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(student.parameters(), lr=tcfg.lr, betas=tcfg.betas)
+    n_train = len(train_idx)
+    total = tcfg.total_steps(n_train)
+    gen = torch.Generator().manual_seed(tcfg.seed)
+    batches = _batches(n_train, min(tcfg.batch_size, n_train), gen)
+    history: list[dict[str, float]] = []
+    losses: dict[str, float] = {}
+    student.train()
+    for step in range(1, total + 1):
+        t_feats = source.get(next(batches))
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+            s_feats = student(t_feats)
+        l_kd = kd_loss(t_feats, s_feats)
+        loss = l_kd
+        losses = {"kd": float(l_kd.detach())}
+        if mcfg.memory:
+            ex = source.get(torch.randperm(n_train, generator=gen)[: min(tcfg.exemplars, n_train)])
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+                l_nm = nm_loss(student.memories, [ex[2], ex[1]])
+            l_orth = orth_loss(student.memories)
+            loss = loss + tcfg.w_nm * l_nm + tcfg.w_orth * l_orth
+            losses |= {"nm": float(l_nm.detach()), "orth": float(l_orth.detach())}
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses["loss"] = float(loss.detach())
+        if not math.isfinite(losses["loss"]):
+            raise FloatingPointError(f"training diverged at step {step} (loss {losses['loss']})")
+        if step % tcfg.log_every == 0 or step == total:
+            history.append({"step": step, **losses})
+        if progress is not None:
+            progress(step, total, dict(losses))
+    student.eval()
+    train_seconds = time.perf_counter() - started
+
+    model = LineModel(mcfg, student, teacher.describe(), roi=roi)
+    calib_idx, calib_source = (hold_idx, "holdout") if hold_idx else (train_idx, "train")
+    scores = _score_all(model, teacher, x_all[calib_idx])
+    model.calibration = Calibration.from_scores(
+        scores, tcfg.threshold_rule, tcfg.threshold_k, tcfg.threshold_quantile
+    )
+    report = {
+        "n_images": len(x_all),
+        "n_train": n_train,
+        "n_holdout": len(hold_idx),
+        "calibration_source": calib_source,
+        "holdout_scores": [round(s, 6) for s in scores],
+        "steps": total,
+        "seed": tcfg.seed,
+        "device": str(device),
+        "teacher_features_cached": source.cached,
+        "train_seconds": round(train_seconds, 2),
+        "final_losses": losses,
+        "loss_history": history,
+        "calibration": model.calibration.to_dict(),
+        "train_config": tcfg.to_dict(),
+        "model_config": mcfg.to_dict(),
+    }
+    model.provenance = {
+        "n_train": n_train,
+        "n_holdout": len(hold_idx),
+        "seed": tcfg.seed,
+        "steps": total,
+        "train_config": tcfg.to_dict(),
+        "final_losses": losses,
+        "train_seconds": round(train_seconds, 2),
+        "device": str(device),
+        "code_version": code_version(),
+        "created_at": dt.datetime.now(dt.UTC).isoformat(),
+        "metrics": {},
+    }
+    return FitResult(model=model, report=report)
+
+
+def _score_all(model: LineModel, teacher: Teacher, x: torch.Tensor, chunk: int = 16) -> list[float]:
+    out: list[float] = []
+    for i in range(0, len(x), chunk):
+        out += model.score(teacher, x[i : i + chunk]).scores.float().cpu().tolist()
+    return out

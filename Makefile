@@ -1,0 +1,129 @@
+# memkd-stream: one entry point for developers and CI (.ci/run runs `make test`).
+#
+#   make setup          venv + locked Python deps (uv), Kafka jars (Maven), redis-server (apt)
+#   make services-up    local Kafka (KRaft) on 127.0.0.1:$(KAFKA_PORT) + Redis on 127.0.0.1:$(REDIS_PORT)
+#   make services-down  stop exactly what services-up started (pid files under var/run)
+#   make test           setup, services up, all tests, services down (if this run started them)
+#   make lint | demo | bench
+#
+# Ports are variables: `make test KAFKA_PORT=49092 KAFKA_CONTROLLER_PORT=49093 REDIS_PORT=46379`.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+.DELETE_ON_ERROR:
+
+KAFKA_PORT ?= 39092
+KAFKA_CONTROLLER_PORT ?= 39093
+REDIS_PORT ?= 36379
+SERVICES_TIMEOUT ?= 120
+PYTEST_ARGS ?=
+# 1 keeps the services running after `make test` / `make bench` even when they started them.
+KEEP_SERVICES ?= 0
+
+VENV := .venv
+PY := $(VENV)/bin/python
+UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
+# Use the Python that is on the machine; never download one.
+export UV_PYTHON_DOWNLOADS := never
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+STAMPS := .cache/stamps
+KAFKA_LIB := deploy/local/lib
+
+SERVICES := $(PY) deploy/local/services.py --kafka-port $(KAFKA_PORT) \
+	--controller-port $(KAFKA_CONTROLLER_PORT) --redis-port $(REDIS_PORT) \
+	--timeout $(SERVICES_TIMEOUT)
+
+# What the tests, the demo and the benchmark read (memkd_stream.settings).
+SERVICE_ENV := MEMKD_KAFKA__BOOTSTRAP_SERVERS=127.0.0.1:$(KAFKA_PORT) \
+	MEMKD_REDIS__URL=redis://127.0.0.1:$(REDIS_PORT)/0
+
+# Runs $(1) between services-up and services-down; services-down happens even when $(1) fails,
+# but only if this invocation found the services down (so a developer's running services and
+# other checkouts sharing them survive `make test`).
+define with_services
+	@set -u; was_up=0; \
+	if [ "$(KEEP_SERVICES)" = 1 ] || $(SERVICES) status >/dev/null 2>&1; then was_up=1; fi; \
+	rc=0; $(SERVICES) up || rc=$$?; \
+	if [ $$rc = 0 ]; then $(1) || rc=$$?; fi; \
+	if [ $$was_up = 0 ]; then $(SERVICES) down || true; \
+	else echo "services left running (they were up before; make services-down stops them)"; fi; \
+	exit $$rc
+endef
+
+.PHONY: help setup services-up services-down services-status test lint format demo bench clean
+
+help:
+	@sed -n '3,9p' Makefile | sed 's/^# \{0,1\}//'
+
+setup: $(STAMPS)/venv $(STAMPS)/kafka-jars $(STAMPS)/redis
+
+$(STAMPS)/uv:
+	@mkdir -p $(STAMPS)
+	@if ! $(UV) --version >/dev/null 2>&1; then \
+		echo "installing uv (python3 -m pip install --user uv)"; \
+		python3 -m pip install --quiet --user uv \
+		|| python3 -m pip install --quiet --user --break-system-packages uv; \
+	fi
+	@$(UV) --version
+	@touch $@
+
+$(STAMPS)/venv: pyproject.toml uv.lock $(STAMPS)/uv
+	@mkdir -p $(STAMPS)
+	@[ -x $(PY) ] || $(UV) venv --quiet --prompt memkd-stream $(VENV)
+	$(UV) sync --frozen --extra dev
+	@touch $@
+
+$(STAMPS)/java:
+	@mkdir -p $(STAMPS)
+	@command -v java >/dev/null || { echo "installing Java 17 (apt-get)"; \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq openjdk-17-jre-headless; }
+	@command -v mvn >/dev/null || { echo "installing Maven (apt-get)"; \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq maven; }
+	@touch $@
+
+$(STAMPS)/kafka-jars: deploy/local/pom.xml $(STAMPS)/java
+	rm -rf $(KAFKA_LIB)
+	mvn -q -B -f deploy/local/pom.xml dependency:copy-dependencies \
+		-DoutputDirectory=lib -DincludeScope=runtime
+	@ls $(KAFKA_LIB)/kafka_2.13-*.jar >/dev/null
+	@touch $@
+
+$(STAMPS)/redis:
+	@mkdir -p $(STAMPS)
+	@command -v redis-server >/dev/null || [ -x /usr/bin/redis-server ] || { \
+		echo "installing redis-server (apt-get)"; \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq redis-server; }
+	@touch $@
+
+services-up: setup
+	@$(SERVICES) up
+
+services-down:
+	@if [ -x $(PY) ]; then $(SERVICES) down; else echo "no venv: nothing was started"; fi
+
+services-status: setup
+	@$(SERVICES) status
+
+test: setup
+	$(call with_services,$(SERVICE_ENV) $(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS) tests)
+
+lint: $(STAMPS)/venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMPS)/venv
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+demo: setup
+	@[ -f deploy/local/demo.sh ] || { echo "make demo: deploy/local/demo.sh does not exist yet" \
+		"(the streaming demo is being written); nothing to run" >&2; exit 1; }
+	$(call with_services,$(SERVICE_ENV) PY=$(PY) bash deploy/local/demo.sh)
+
+bench: setup
+	@[ -f bench/run.py ] || { echo "make bench: bench/run.py does not exist yet" >&2; exit 1; }
+	$(call with_services,$(SERVICE_ENV) $(PY) bench/run.py)
+
+clean: services-down
+	rm -rf var .cache/stamps

@@ -1,0 +1,154 @@
+"""Every MEMKD_* name in deploy/ and the Dockerfile is a real settings field, with a valid value.
+
+The ConfigMap, the Secret template, the env of the worker Deployment and the fit Job, and the
+Dockerfile's ENV all set memkd_stream.settings.Settings through pydantic-settings (prefix MEMKD_,
+nesting "__"). A renamed field would otherwise be ignored silently in production; here it fails.
+The values are then loaded through the real `load_settings()` exactly as a pod would see them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from deploy_checks import REPO_ROOT
+from memkd_stream.settings import Settings, load_settings
+from pydantic import BaseModel, SecretStr
+
+PREFIX = "MEMKD_"
+Find = Callable[..., dict[str, Any]]
+
+
+def field_path(key: str) -> list[str]:
+    return key.removeprefix(PREFIX).lower().split("__")
+
+
+def resolve_field(model: type[BaseModel], parts: list[str]) -> bool:
+    """True when the dotted parts name a field of the (nested) settings model."""
+    fields = {name.lower(): info for name, info in model.model_fields.items()}
+    info = fields.get(parts[0])
+    if info is None:
+        return False
+    if len(parts) == 1:
+        return True
+    nested = info.annotation
+    return (
+        isinstance(nested, type)
+        and issubclass(nested, BaseModel)
+        and resolve_field(nested, parts[1:])
+    )
+
+
+def setting_value(settings: Settings, key: str) -> Any:
+    value: Any = settings
+    for part in field_path(key):
+        value = getattr(value, part)
+    return value.get_secret_value() if isinstance(value, SecretStr) else value
+
+
+def dockerfile_env() -> dict[str, str]:
+    text = (REPO_ROOT / "Dockerfile").read_text()
+    return dict(re.findall(r"\b(MEMKD_[A-Z0-9_]+)=(\S+)", text))
+
+
+def workload_env(find: Find) -> dict[str, str]:
+    """Literal env of the worker and the fit Job (fieldRef values as the kubelet fills them)."""
+    env: dict[str, str] = {}
+    for kind, name in (("Deployment", "memkd-worker"), ("Job", None)):
+        for container in find(kind, name)["spec"]["template"]["spec"]["containers"]:
+            for item in container.get("env", []):
+                if "value" in item:
+                    env[item["name"]] = item["value"]
+                elif "fieldRef" in item.get("valueFrom", {}):
+                    env[item["name"]] = "memkd-worker-7d9f-abcde"
+                else:
+                    env.setdefault(item["name"], "")
+    return env
+
+
+@pytest.fixture(scope="module")
+def every_key(find: Find, config_data: dict[str, str]) -> dict[str, str]:
+    """name -> where it is set, for every MEMKD_* name a pod or the image can set."""
+    where = dict.fromkeys(config_data, "ConfigMap memkd-config")
+    secret = find("Secret", "memkd-secrets")["stringData"]
+    where.update({k: "Secret template" for k in secret if k.startswith(PREFIX)})
+    where.update({k: "workload env" for k in workload_env(find) if k.startswith(PREFIX)})
+    where.update(dict.fromkeys(dockerfile_env(), "Dockerfile ENV"))
+    return where
+
+
+def test_configmap_holds_settings_only(config_data: dict[str, str]) -> None:
+    assert config_data and all(k.startswith(PREFIX) and k == k.upper() for k in config_data)
+
+
+def test_every_key_names_a_settings_field(every_key: dict[str, str]) -> None:
+    unknown = {k: src for k, src in every_key.items() if not resolve_field(Settings, field_path(k))}
+    assert not unknown, f"not fields of memkd_stream.settings.Settings: {unknown}"
+
+
+def test_secret_keys_are_all_used(find: Find) -> None:
+    secret = set(find("Secret", "memkd-secrets")["stringData"])
+    used = {ref["key"] for ref in find("TriggerAuthentication")["spec"]["secretTargetRef"]}
+    for kind, name in (("Deployment", "memkd-worker"), ("Job", None)):
+        spec = find(kind, name)["spec"]["template"]["spec"]
+        for container in spec["containers"]:
+            used |= {
+                e["valueFrom"]["secretKeyRef"]["key"]
+                for e in container.get("env", [])
+                if "secretKeyRef" in e.get("valueFrom", {})
+            }
+        for volume in spec.get("volumes", []):
+            used |= {i["key"] for i in volume.get("secret", {}).get("items", [])}
+    assert secret - used == set(), "Secret template keys nobody reads"
+
+
+def test_pods_load_these_settings(
+    monkeypatch: pytest.MonkeyPatch, find: Find, config_data: dict[str, str]
+) -> None:
+    """load_settings() accepts the values and sees each one as written."""
+    for key in [k for k in os.environ if k.upper().startswith(PREFIX)]:
+        monkeypatch.delenv(key)
+    secret = find("Secret", "memkd-secrets")["stringData"]
+    env = {
+        **dockerfile_env(),
+        **config_data,
+        **{k: v for k, v in secret.items() if k.startswith(PREFIX)},
+        **workload_env(find),
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    settings = load_settings()
+    for key, raw in env.items():
+        value = setting_value(settings, key)
+        if isinstance(value, bool):
+            assert value == (raw.lower() in ("1", "true", "yes", "on")), key
+        elif isinstance(value, int | float):
+            assert value == float(raw), key
+        elif isinstance(value, Path):
+            assert value == Path(raw), key
+        else:
+            assert str(value) == raw, key
+    grace = find("Deployment", "memkd-worker")["spec"]["template"]["spec"][
+        "terminationGracePeriodSeconds"
+    ]
+    assert grace >= settings.worker.drain_grace_s + 10
+    assert settings.metrics.port == 9400
+    scaled = find("ScaledObject", "memkd-worker")["spec"]
+    assert scaled["maxReplicaCount"] <= settings.kafka.partitions
+
+
+def test_defaults_keep_the_grace_relation(find: Find) -> None:
+    """Deleting the ConfigMap's drain key must not break the relation either."""
+    spec = find("Deployment", "memkd-worker")["spec"]["template"]["spec"]
+    default_drain = Settings.model_fields["worker"].annotation.model_fields["drain_grace_s"].default
+    assert spec["terminationGracePeriodSeconds"] >= default_drain + 10
+
+
+def test_an_unknown_key_is_detected() -> None:
+    assert resolve_field(Settings, field_path("MEMKD_WORKER__DRAIN_GRACE_S"))
+    assert not resolve_field(Settings, field_path("MEMKD_WORKER__DRAIN_GRACE_SECONDS"))
+    assert not resolve_field(Settings, field_path("MEMKD_KAFKA__BOOTSTRAP_SERVERS__HOST"))

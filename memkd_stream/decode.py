@@ -1,0 +1,169 @@
+"""Image decoding for the worker: untrusted camera bytes in, the model's input tensor out.
+
+A request value is whatever the camera wrote (JPEG, PNG, BMP or TIFF; gray or colour; 8 or 16 bit;
+maybe an EXIF orientation). Decoding is guarded before any pixel is decompressed: Pillow opens
+lazily, so the pixel count is checked from the header and an oversized image is refused as
+``image-too-large`` without allocating it (a decompression bomb costs a header parse). The
+conversion to RGB, the region-of-interest crop, the resize and the normalisation are
+``memkd.preprocess``'s — the one function ``fit``, ``eval`` and the worker share — so a streamed
+image scores exactly as the library scores the same file.
+
+``ImageDecoder.decode`` is thread-safe (no shared mutable state); the worker calls it from a small
+thread pool. ``encode_mask_png`` renders result masks (fast, low compression: masks are small).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from memkd.preprocess import load_image, preprocess
+from PIL import Image, UnidentifiedImageError
+
+from memkd_stream.errors import MemkdStreamError
+
+__all__ = ["ACCEPTED_FORMATS", "DecodeFailed", "DecodedImage", "ImageDecoder", "encode_mask_png"]
+
+# Pillow format names of DESIGN.md §3's formats. MPO is how Pillow names a JPEG that carries a
+# second (preview) picture, which many cameras write.
+ACCEPTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "BMP", "TIFF"})
+
+Roi = tuple[int, int, int, int]
+
+
+class DecodeFailed(MemkdStreamError):
+    """An image that cannot become a model input; ``code`` is ``decode-error`` or
+    ``image-too-large``."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(code, detail)
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """The model input ``tensor`` (float32 [3, size, size]) and the received image size (after
+    EXIF orientation, i.e. in the coordinates the line's region of interest uses)."""
+
+    tensor: torch.Tensor
+    height: int
+    width: int
+
+
+def _check_roi(roi: Sequence[int] | None, width: int, height: int) -> Roi | None:
+    if roi is None:
+        return None
+    x, y, w, h = (int(v) for v in roi)
+    if w <= 0 or h <= 0 or x < 0 or y < 0 or x + w > width or y + h > height:
+        raise DecodeFailed(
+            "decode-error",
+            f"the line's region of interest (x={x}, y={y}, w={w}, h={h}) does not fit in the "
+            f"{width}x{height} image; send images of the size the line was trained on or "
+            "re-fit the line with a matching --roi",
+        )
+    return (x, y, w, h)
+
+
+class ImageDecoder:
+    """Decodes request values with a pixel-count limit checked from the image header.
+
+    Pillow has its own decompression-bomb guard (``Image.MAX_IMAGE_PIXELS``, process-wide); when it
+    is below ``max_pixels`` it is raised to ``max_pixels`` so that this decoder's limit governs.
+    Either guard firing is reported as ``image-too-large``.
+    """
+
+    def __init__(self, max_pixels: int) -> None:
+        if max_pixels <= 0:
+            raise ValueError("max_pixels must be positive")
+        self.max_pixels = max_pixels
+        pillow_limit = Image.MAX_IMAGE_PIXELS
+        if pillow_limit is not None and pillow_limit < max_pixels:
+            Image.MAX_IMAGE_PIXELS = max_pixels
+
+    def _too_large(self, width: int, height: int) -> DecodeFailed:
+        return DecodeFailed(
+            "image-too-large",
+            f"image is {width}x{height} = {width * height} pixels; the limit is "
+            f"{self.max_pixels} (setting worker.max_image_pixels)",
+        )
+
+    def _bomb(self, exc: Exception) -> DecodeFailed:
+        return DecodeFailed(
+            "image-too-large",
+            f"image has more pixels than the limit of {self.max_pixels} (setting "
+            f"worker.max_image_pixels); Pillow: {exc}",
+        )
+
+    def decode(
+        self,
+        value: bytes,
+        *,
+        size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        roi: Sequence[int] | None = None,
+    ) -> DecodedImage:
+        """Decode ``value`` and preprocess it for a model of input ``size``.
+
+        Raises:
+            DecodeFailed: ``image-too-large`` when the header declares more than ``max_pixels``;
+                ``decode-error`` for empty, corrupt, truncated or unsupported data, or an ROI
+                that does not fit the image.
+        """
+        if not value:
+            raise DecodeFailed("decode-error", "the image is empty (zero bytes)")
+        try:
+            image = Image.open(io.BytesIO(value))  # lazy: parses the header only
+        except Image.DecompressionBombError as exc:
+            raise self._bomb(exc) from None
+        except UnidentifiedImageError:
+            raise DecodeFailed(
+                "decode-error", "not a recognised image (expected JPEG, PNG, BMP or TIFF)"
+            ) from None
+        except Exception as exc:  # Pillow raises many types for a damaged header
+            raise DecodeFailed("decode-error", f"unreadable image header: {exc}") from None
+        with image:
+            image_format = image.format
+            width, height = image.size
+            if image_format not in ACCEPTED_FORMATS:
+                raise DecodeFailed(
+                    "decode-error",
+                    f"image format {image_format} is not one of JPEG, PNG, BMP, TIFF",
+                )
+            if width <= 0 or height <= 0:
+                raise DecodeFailed(
+                    "decode-error", f"image header declares a {width}x{height} image"
+                )
+            if width * height > self.max_pixels:
+                raise self._too_large(width, height)
+            try:
+                rgb = load_image(image)  # decode, EXIF orientation, 16-bit/gray -> 8-bit RGB
+            except Image.DecompressionBombError as exc:
+                raise self._bomb(exc) from None
+            except MemoryError:
+                raise self._too_large(width, height) from None
+            except Exception as exc:  # corrupt data surfaces as many types; all are the sender's
+                raise DecodeFailed(
+                    "decode-error", f"corrupt or truncated {image_format} image: {exc}"
+                ) from None
+
+        out_width, out_height = rgb.size
+        box = _check_roi(roi, out_width, out_height)
+        try:
+            tensor = preprocess(rgb, size, mean, std, box)
+        except Exception as exc:
+            raise DecodeFailed("decode-error", f"image could not be preprocessed: {exc}") from None
+        return DecodedImage(tensor=tensor, height=out_height, width=out_width)
+
+
+def encode_mask_png(mask_u8: np.ndarray) -> bytes:
+    """Encode an 8-bit gray mask (H x W uint8) as PNG, favouring speed over size."""
+    mask = np.asarray(mask_u8)
+    if mask.ndim != 2 or mask.dtype != np.uint8:
+        raise ValueError(f"mask must be a 2-D uint8 array, got {mask.dtype} {mask.shape}")
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(mask)).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()

@@ -1,0 +1,367 @@
+"""The inference engine: shared teachers and an LRU of line models on the device (DESIGN.md §5).
+
+A worker holds one frozen teacher per backbone in use, shared by every line on that backbone, and
+an LRU cache of line models bounded by count and bytes (``LineModel.nbytes``). A cache miss reads
+the line's active version from the ``LineStore`` and loads its artifact (sha256 checked by the
+store and again by ``LineModel.load``). All model math is ``memkd``'s: this module only moves
+tensors to the device and calls ``LineModel.score``.
+
+Concurrency. The worker thread calls ``get_line`` and ``score``; the hot-swap thread calls
+``swap``. The cache dict is guarded by one lock held only for dict operations; loading happens
+outside it (one load at a time per line). A ``LoadedLine`` is immutable: a swap replaces the cache
+entry, and a batch that already took the old ``LoadedLine`` finishes on it — which is why every
+result can name the exact version that scored it.
+
+Failures. A line with no active version is ``unknown-line``. A line that exists but cannot be
+loaded now (Redis down, broken artifact, missing teacher weights) is ``line-unavailable``: the
+worker pauses and retries before dead-lettering. A broken artifact offered by a swap is refused
+and remembered (versions are immutable), and the old version keeps serving.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+import torch
+from memkd.anomaly import AnomalyResult
+from memkd.backbones import Teacher, load_teacher
+from memkd.line_model import LineModel
+
+from memkd_stream.errors import MemkdStreamError
+from memkd_stream.line_store import UnknownLine
+from memkd_stream.logging import get_logger
+
+__all__ = ["Engine", "LineUnavailable", "LoadedLine", "UnknownLine", "resolve_device"]
+
+_WRN50 = "wide_resnet50_2"
+
+
+class LineUnavailable(MemkdStreamError):
+    """The line exists but its model cannot be loaded now (Redis down, broken artifact)."""
+
+    code = "line-unavailable"
+
+    def __init__(self, message: str) -> None:
+        super().__init__("line-unavailable", message)
+
+
+@dataclass(frozen=True)
+class LoadedLine:
+    """One version of a line's model, ready to score (immutable; swaps replace it whole)."""
+
+    line: str
+    version: int
+    model: LineModel
+    teacher: Teacher
+    backbone: str
+
+    @property
+    def model_version(self) -> str:
+        """The version string results carry, e.g. ``"A@7"``."""
+        return f"{self.line}@{self.version}"
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.model.nbytes)
+
+
+def resolve_device(setting: str) -> torch.device:
+    """``auto`` -> CUDA when present, else CPU; otherwise the named device (cpu, cuda, cuda:N)."""
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(setting)
+
+
+def _call(metrics: Any, name: str, *args: Any) -> None:
+    """Call an optional metrics hook; metrics must never break serving."""
+    hook = getattr(metrics, name, None) if metrics is not None else None
+    if hook is not None:
+        try:
+            hook(*args)
+        except Exception:  # pragma: no cover - a metrics bug is logged, not raised
+            get_logger(__name__).exception("metrics hook failed", hook=name)
+
+
+def _is_artifact_fault(exc: BaseException) -> bool:
+    """True when the bytes themselves are bad (checksum, corrupt, mismatch): retrying is futile."""
+    code = getattr(exc, "code", "")
+    return isinstance(code, str) and code.startswith("artifact-")
+
+
+class Engine:
+    """Teachers + line-model LRU for one worker process.
+
+    Args:
+        model_settings: ``ModelSettings`` (backbone, wrn50_weights, device).
+        worker_settings: ``WorkerSettings`` (cache_max_models, cache_max_bytes).
+        store: a ``LineStore`` (``current``, ``meta``, ``fetch_artifact``, ``lines``).
+        metrics: optional object with ``cache_hit(line)``, ``cache_miss(line)``,
+            ``swap(line, version)``, ``swap_failed(line)``, ``version_served(line, version)``.
+    """
+
+    def __init__(
+        self, model_settings: Any, worker_settings: Any, store: Any, metrics: Any = None
+    ) -> None:
+        self.device = resolve_device(model_settings.device)
+        self.default_backbone: str = model_settings.backbone
+        self._wrn50_weights = model_settings.wrn50_weights
+        self.max_models = int(worker_settings.cache_max_models)
+        self.max_bytes = int(worker_settings.cache_max_bytes)
+        self.store = store
+        self.metrics = metrics
+        self.log = get_logger(__name__)
+        self._lock = threading.Lock()
+        self._cache: OrderedDict[str, LoadedLine] = OrderedDict()
+        self._teachers: dict[str, Teacher] = {}
+        self._teacher_lock = threading.Lock()
+        self._line_locks: dict[str, threading.Lock] = {}
+        self._refused: dict[str, set[int]] = {}
+
+    # ----------------------------------------------------------------- teachers
+    @property
+    def teachers_loaded(self) -> bool:
+        """Readiness: the default backbone's teacher is on the device."""
+        return self.default_backbone in self._teachers
+
+    def teacher(self, backbone: str) -> Teacher:
+        """The shared teacher of ``backbone``, loaded on first use (once per process)."""
+        found = self._teachers.get(backbone)
+        if found is not None:
+            return found
+        with self._teacher_lock:
+            found = self._teachers.get(backbone)
+            if found is None:
+                weights = self._wrn50_weights if backbone == _WRN50 else None
+                found = load_teacher(backbone, weights, device=str(self.device))
+                self._teachers[backbone] = found
+                self.log.info("teacher loaded", backbone=backbone, device=str(self.device))
+            return found
+
+    def load_teachers(self) -> None:
+        """Load the default backbone's teacher (the worker calls this before it reports ready)."""
+        self.teacher(self.default_backbone)
+
+    # ----------------------------------------------------------------- cache
+    def held_lines(self) -> dict[str, int]:
+        """Line id -> version of every line model in the cache."""
+        with self._lock:
+            return {line: loaded.version for line, loaded in self._cache.items()}
+
+    @property
+    def cached_bytes(self) -> int:
+        with self._lock:
+            return sum(loaded.nbytes for loaded in self._cache.values())
+
+    def _line_lock(self, line: str) -> threading.Lock:
+        with self._lock:
+            return self._line_locks.setdefault(line, threading.Lock())
+
+    def _lookup(self, line: str) -> LoadedLine | None:
+        with self._lock:
+            loaded = self._cache.get(line)
+            if loaded is not None:
+                self._cache.move_to_end(line)
+            return loaded
+
+    def _insert(self, loaded: LoadedLine) -> None:
+        """Put ``loaded`` in the cache (replacing its line's entry) and evict least-recently used
+        lines until the count and byte bounds hold; the new entry itself is never evicted."""
+        evicted: list[LoadedLine] = []
+        with self._lock:
+            self._cache[loaded.line] = loaded
+            self._cache.move_to_end(loaded.line)
+            total = sum(entry.nbytes for entry in self._cache.values())
+            while len(self._cache) > 1 and (
+                len(self._cache) > self.max_models or total > self.max_bytes
+            ):
+                _, oldest = self._cache.popitem(last=False)
+                total -= oldest.nbytes
+                evicted.append(oldest)
+        for old in evicted:
+            self.log.info("line model evicted", line=old.line, version=old.version)
+        if loaded.nbytes > self.max_bytes:
+            self.log.warning(
+                "line model is larger than the cache byte bound; holding it alone",
+                line=loaded.line,
+                nbytes=loaded.nbytes,
+                cache_max_bytes=self.max_bytes,
+            )
+        _call(self.metrics, "version_served", loaded.line, loaded.version)
+
+    def _load(self, line: str, version: int) -> LoadedLine:
+        """Fetch and load ``line@version`` without touching the cache. Raises whatever the store
+        or ``memkd`` raise; callers classify."""
+        buffer = io.BytesIO()
+        meta = self.store.fetch_artifact_to(line, version, buffer)  # sha256-checked by the store
+        backbone = _backbone_of(meta.get("metadata") or {})
+        teacher = self.teacher(backbone)
+        model = LineModel.load(buffer.getvalue(), teacher, expected_sha256=meta["sha256"])
+        return LoadedLine(
+            line=line, version=version, model=model, teacher=teacher, backbone=backbone
+        )
+
+    def get_line(self, line: str) -> LoadedLine:
+        """The line's model: a cache hit, else its active version loaded from the store.
+
+        Raises:
+            UnknownLine: the store has no active version of ``line``.
+            LineUnavailable: the line cannot be loaded now (store down, broken artifact).
+        """
+        loaded = self._lookup(line)
+        if loaded is not None:
+            _call(self.metrics, "cache_hit", line)
+            return loaded
+        with self._line_lock(line):
+            loaded = self._lookup(line)  # another thread may have loaded it while we waited
+            if loaded is not None:
+                _call(self.metrics, "cache_hit", line)
+                return loaded
+            _call(self.metrics, "cache_miss", line)
+            try:
+                version = self.store.current(line)
+            except Exception as exc:
+                raise LineUnavailable(
+                    f"cannot read the active version of line {line!r}: {exc}"
+                ) from exc
+            if version is None:
+                raise UnknownLine(
+                    "unknown-line",
+                    f"line {line!r} has no active model; publish one with "
+                    f"'memkd-stream fit --line {line}' or 'memkd-stream lines publish'",
+                )
+            try:
+                loaded = self._load(line, int(version))
+            except Exception as exc:
+                self.log.warning(
+                    "line model could not be loaded",
+                    line=line,
+                    version=version,
+                    error=str(exc),
+                    code=getattr(exc, "code", type(exc).__name__),
+                )
+                raise LineUnavailable(f"cannot load line {line}@{version}: {exc}") from exc
+            self._insert(loaded)
+            self.log.info(
+                "line model loaded", line=line, version=loaded.version, nbytes=loaded.nbytes
+            )
+            return loaded
+
+    def swap(self, line: str, version: int) -> bool:
+        """Load ``line@version`` in the caller's thread and swap it in if it loads.
+
+        Only lines held in the cache are swapped (others load on demand). A broken artifact is
+        refused (logged, ``metrics.swap_failed``) and never retried; the old version keeps
+        serving. Store errors propagate so the caller can back off and retry.
+
+        Returns:
+            True when the cache now serves the new version because of this call.
+        """
+        version = int(version)
+        held = self.held_lines()
+        if line not in held or held[line] == version:
+            return False
+        if version in self._refused.get(line, ()):
+            return False
+        with self._line_lock(line):
+            held_now = self.held_lines().get(line)
+            if held_now is None or held_now == version:
+                return False
+            try:
+                loaded = self._load(line, version)
+            except Exception as exc:
+                if _is_store_fault(exc):
+                    raise  # transient: the caller backs off and retries
+                if _is_artifact_fault(exc):  # versions are immutable: never retry these bytes
+                    self._refused.setdefault(line, set()).add(version)
+                self.log.warning(
+                    "new line model refused; the old version keeps serving",
+                    line=line,
+                    version=version,
+                    serving=held_now,
+                    error=str(exc),
+                    code=getattr(exc, "code", type(exc).__name__),
+                )
+                _call(self.metrics, "swap_failed", line)
+                return False
+            with self._lock:
+                still_held = line in self._cache
+            if not still_held:  # evicted while loading: do not grow the cache behind its back
+                return False
+            self._insert(loaded)
+        self.log.info("line model swapped", line=line, version=version, previous=held_now)
+        _call(self.metrics, "swap", line, version)
+        return True
+
+    def preload(self, lines: list[str] | tuple[str, ...] = ()) -> list[str]:
+        """Load the teachers, then the active version of ``lines`` (empty = every line in the
+        store). Failures are logged, not raised: such lines load on demand later.
+
+        Returns:
+            The lines now held.
+        """
+        self.load_teachers()
+        wanted = list(lines)
+        if not wanted:
+            try:
+                wanted = sorted(self.store.lines())
+            except Exception as exc:
+                self.log.warning("cannot list lines to preload", error=str(exc))
+                return []
+        if len(wanted) > self.max_models:
+            self.log.warning(
+                "more lines to preload than the cache holds; the last ones win",
+                lines=len(wanted),
+                cache_max_models=self.max_models,
+            )
+        for line in wanted:
+            try:
+                self.get_line(line)
+            except MemkdStreamError as exc:
+                self.log.warning("preload skipped a line", line=line, code=exc.code, error=str(exc))
+        return sorted(self.held_lines())
+
+    # ----------------------------------------------------------------- scoring
+    def preprocess_params(
+        self, loaded: LoadedLine
+    ) -> tuple[int, tuple[float, ...], tuple[float, ...], tuple[int, int, int, int] | None]:
+        """What ``ImageDecoder.decode`` needs for this line: (size, mean, std, roi)."""
+        model = loaded.model
+        roi = tuple(int(v) for v in model.roi) if model.roi is not None else None
+        return (
+            int(model.config.input_size),
+            tuple(float(v) for v in model.mean),
+            tuple(float(v) for v in model.std),
+            roi,  # type: ignore[return-value]
+        )
+
+    def score(self, loaded: LoadedLine, batch: torch.Tensor) -> AnomalyResult:
+        """Score a batch [B, 3, H, W] with the line's model (maps and scores via ``memkd``)."""
+        return loaded.model.score(loaded.teacher, batch)  # moves the batch to the model's device
+
+
+def _is_store_fault(exc: BaseException) -> bool:
+    """True for a Redis/connection problem (transient), as opposed to bad artifact bytes."""
+    if getattr(exc, "code", "") == "redis-unavailable":
+        return True
+    return isinstance(exc, redis.RedisError | ConnectionError | TimeoutError)
+
+
+def _backbone_of(record: dict[str, Any]) -> str:
+    """The teacher backbone an artifact's record names (the store keeps the record in the
+    version's meta, so the right shared teacher is known before the artifact is parsed)."""
+    teacher = record.get("teacher")
+    if isinstance(teacher, dict) and teacher.get("name"):
+        return str(teacher["name"])
+    model = record.get("model")
+    if isinstance(model, dict) and model.get("backbone"):
+        return str(model["backbone"])
+    raise MemkdStreamError(
+        "artifact-mismatch",
+        "the line model's record does not name its teacher backbone; retrain the line with "
+        "this version of memkd",
+    )

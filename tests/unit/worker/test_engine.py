@@ -1,0 +1,342 @@
+"""Engine: LRU by count and bytes, unknown vs unavailable lines, swaps that refuse broken models.
+
+The store and ``LineModel.load`` are replaced by small fakes (pure cache/swap logic, no Redis);
+``tests/integration/worker/test_hot_swap.py`` runs the same paths on a real artifact in Redis.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import torch
+
+from memkd_stream import engine as engine_module
+from memkd_stream.engine import Engine, LineUnavailable, LoadedLine, UnknownLine, resolve_device
+from memkd_stream.line_store import StoreUnavailable
+
+LITE0 = "tf_efficientnet_lite0"
+WRN50 = "wide_resnet50_2"
+
+
+class FakeArtifactError(Exception):
+    """Like memkd's ArtifactError: the engine classifies failures by their ``code``."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class FakeTeacher:
+    name: str
+
+
+class FakeModel:
+    """Stands in for LineModel: its size is the artifact's length, its 'score' echoes inputs."""
+
+    loads: int = 0
+
+    def __init__(self, blob: bytes, teacher: FakeTeacher) -> None:
+        self.blob = blob
+        self.teacher = teacher
+        self.nbytes = len(blob)
+        self.config = SimpleNamespace(input_size=64)
+        self.mean = (0.5, 0.5, 0.5)
+        self.std = (0.25, 0.25, 0.25)
+        self.roi = (1, 2, 30, 40)
+
+    @classmethod
+    def load(cls, blob: bytes, teacher: FakeTeacher, expected_sha256: str | None = None):
+        cls.loads += 1
+        if expected_sha256 is not None and hashlib.sha256(blob).hexdigest() != expected_sha256:
+            raise FakeArtifactError("artifact-checksum", "sha256 differs")
+        if blob.startswith(b"broken"):
+            raise FakeArtifactError("artifact-corrupt", "not a memkd artifact")
+        return cls(blob, teacher)
+
+    def score(self, teacher: FakeTeacher, batch: torch.Tensor) -> tuple[str, torch.Tensor]:
+        return (teacher.name, batch.sum())
+
+
+@dataclass
+class FakeStore:
+    """LineStore's read API over dicts; ``down`` makes every call fail like Redis being away."""
+
+    artifacts: dict[tuple[str, int], tuple[bytes, str]] = field(default_factory=dict)
+    currents: dict[str, int] = field(default_factory=dict)
+    down: bool = False
+    fetches: int = 0
+    delay_s: float = 0.0
+
+    def add(self, line: str, version: int, nbytes: int = 100, *, backbone: str = LITE0, tag=b""):
+        blob = (tag or f"{line}@{version}:".encode()).ljust(nbytes, b".")
+        self.artifacts[(line, version)] = (blob, backbone)
+        self.currents[line] = version
+
+    def _check(self) -> None:
+        if self.down:
+            raise StoreUnavailable("redis-unavailable", "Redis at test is unreachable")
+
+    def current(self, line: str) -> int | None:
+        self._check()
+        return self.currents.get(line)
+
+    def lines(self) -> list[str]:
+        self._check()
+        return sorted(self.currents)
+
+    def fetch_artifact_to(self, line: str, version: int, fileobj: Any) -> dict[str, Any]:
+        self._check()
+        self.fetches += 1
+        time.sleep(self.delay_s)
+        blob, backbone = self.artifacts[(line, version)]
+        fileobj.write(blob)
+        return {
+            "sha256": hashlib.sha256(blob).hexdigest(),
+            "metadata": {"teacher": {"name": backbone}},
+        }
+
+
+class RecordingMetrics:
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+
+    def __getattr__(self, name: str):
+        return lambda *args: self.calls.append((name, *args))
+
+    def named(self, name: str) -> list[tuple[Any, ...]]:
+        return [call[1:] for call in self.calls if call[0] == name]
+
+
+@pytest.fixture
+def teachers_built(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    built: list[str] = []
+
+    def fake_load_teacher(name: str, weights=None, device="cpu") -> FakeTeacher:
+        built.append(name)
+        return FakeTeacher(name)
+
+    monkeypatch.setattr(engine_module, "load_teacher", fake_load_teacher)
+    monkeypatch.setattr(engine_module, "LineModel", FakeModel)
+    FakeModel.loads = 0
+    return built
+
+
+def _engine(store: FakeStore, max_models: int = 8, max_bytes: int = 10_000, metrics=None):
+    model = SimpleNamespace(backbone=LITE0, wrn50_weights=None, device="cpu")
+    worker = SimpleNamespace(cache_max_models=max_models, cache_max_bytes=max_bytes)
+    return Engine(model, worker, store, metrics=metrics)
+
+
+def test_miss_loads_the_active_version_then_hits(teachers_built: list[str]) -> None:
+    store, metrics = FakeStore(), RecordingMetrics()
+    store.add("A", 1)
+    store.add("A", 7)
+    engine = _engine(store, metrics=metrics)
+    loaded = engine.get_line("A")
+    assert isinstance(loaded, LoadedLine)
+    assert (loaded.line, loaded.version, loaded.backbone) == ("A", 7, LITE0)
+    assert loaded.model_version == "A@7"
+    assert engine.get_line("A") is loaded
+    assert store.fetches == 1
+    assert metrics.named("cache_miss") == [("A",)]
+    assert metrics.named("cache_hit") == [("A",)]
+    assert metrics.named("version_served") == [("A", 7)]
+    assert engine.held_lines() == {"A": 7}
+
+
+def test_unknown_line_is_not_unavailable(teachers_built: list[str]) -> None:
+    engine = _engine(FakeStore())
+    with pytest.raises(UnknownLine) as exc:
+        engine.get_line("nope")
+    assert exc.value.code == "unknown-line"
+
+
+def test_store_down_makes_a_line_unavailable(teachers_built: list[str]) -> None:
+    store = FakeStore()
+    store.add("A", 1)
+    store.down = True
+    engine = _engine(store)
+    with pytest.raises(LineUnavailable) as exc:
+        engine.get_line("A")
+    assert exc.value.code == "line-unavailable"
+    store.down = False
+    assert engine.get_line("A").version == 1  # nothing is remembered: it loads once Redis is back
+
+
+def test_broken_active_artifact_makes_the_line_unavailable(teachers_built: list[str]) -> None:
+    store = FakeStore()
+    store.add("A", 1, tag=b"broken")
+    with pytest.raises(LineUnavailable, match="A@1"):
+        _engine(store).get_line("A")
+
+
+def test_held_lines_keep_serving_while_the_store_is_down(teachers_built: list[str]) -> None:
+    store = FakeStore()
+    store.add("A", 1)
+    engine = _engine(store)
+    loaded = engine.get_line("A")
+    store.down = True
+    assert engine.get_line("A") is loaded
+
+
+def test_lru_evicts_least_recently_used_by_count(teachers_built: list[str]) -> None:
+    store = FakeStore()
+    for line in "ABC":
+        store.add(line, 1)
+    engine = _engine(store, max_models=2)
+    engine.get_line("A")
+    engine.get_line("B")
+    engine.get_line("A")  # A is now the most recently used
+    engine.get_line("C")
+    assert engine.held_lines() == {"A": 1, "C": 1}
+
+
+def test_lru_evicts_by_bytes(teachers_built: list[str]) -> None:
+    store = FakeStore()
+    store.add("A", 1, nbytes=100)
+    store.add("B", 1, nbytes=100)
+    store.add("C", 1, nbytes=120)
+    engine = _engine(store, max_bytes=250)
+    engine.get_line("A")
+    engine.get_line("B")
+    assert engine.cached_bytes == 200
+    engine.get_line("C")
+    assert engine.held_lines() == {"B": 1, "C": 1}
+    assert engine.cached_bytes == 220
+
+
+def test_a_model_larger_than_the_byte_bound_is_held_alone(teachers_built: list[str]) -> None:
+    store = FakeStore()
+    store.add("A", 1, nbytes=100)
+    store.add("BIG", 1, nbytes=400)
+    engine = _engine(store, max_bytes=250)
+    engine.get_line("A")
+    assert engine.get_line("BIG").nbytes == 400
+    assert engine.held_lines() == {"BIG": 1}
+
+
+def test_one_teacher_per_backbone_shared_by_its_lines(teachers_built: list[str]) -> None:
+    store = FakeStore()
+    store.add("A", 1)
+    store.add("B", 1)
+    store.add("W", 1, backbone=WRN50)
+    engine = _engine(store)
+    a, b, w = engine.get_line("A"), engine.get_line("B"), engine.get_line("W")
+    assert a.teacher is b.teacher
+    assert w.teacher is not a.teacher and w.backbone == WRN50
+    assert sorted(teachers_built) == [LITE0, WRN50]
+
+
+def test_swap_replaces_the_entry_and_old_batches_keep_theirs(teachers_built: list[str]) -> None:
+    store, metrics = FakeStore(), RecordingMetrics()
+    store.add("A", 1)
+    engine = _engine(store, metrics=metrics)
+    old = engine.get_line("A")
+    store.add("A", 2)
+    assert engine.swap("A", 2) is True
+    new = engine.get_line("A")
+    assert (old.version, new.version) == (1, 2)
+    assert old.model is not new.model  # a batch holding ``old`` still scores on version 1
+    assert metrics.named("swap") == [("A", 2)]
+    assert engine.swap("A", 2) is False  # already serving it
+    assert store.fetches == 2
+
+
+def test_swap_refuses_a_broken_artifact_and_never_retries_it(teachers_built: list[str]) -> None:
+    store, metrics = FakeStore(), RecordingMetrics()
+    store.add("A", 2)
+    engine = _engine(store, metrics=metrics)
+    engine.get_line("A")
+    store.add("A", 3, tag=b"broken")
+    assert engine.swap("A", 3) is False
+    assert engine.held_lines() == {"A": 2}
+    assert metrics.named("swap_failed") == [("A",)]
+    fetches = store.fetches
+    assert engine.swap("A", 3) is False
+    assert store.fetches == fetches  # versions are immutable: broken bytes stay broken
+    store.add("A", 4)
+    assert engine.swap("A", 4) is True
+
+
+def test_swap_propagates_store_outages_and_keeps_serving(teachers_built: list[str]) -> None:
+    store = FakeStore()
+    store.add("A", 1)
+    engine = _engine(store)
+    engine.get_line("A")
+    store.add("A", 2)
+    store.down = True
+    with pytest.raises(StoreUnavailable):
+        engine.swap("A", 2)
+    assert engine.held_lines() == {"A": 1}
+    store.down = False
+    assert engine.swap("A", 2) is True  # transient failures are retried
+
+
+def test_swap_ignores_lines_not_held(teachers_built: list[str]) -> None:
+    store = FakeStore()
+    store.add("A", 1)
+    engine = _engine(store)
+    assert engine.swap("A", 1) is False
+    assert store.fetches == 0
+    assert engine.held_lines() == {}
+
+
+def test_concurrent_misses_load_a_line_once(teachers_built: list[str]) -> None:
+    store = FakeStore(delay_s=0.05)
+    store.add("A", 1)
+    engine = _engine(store)
+    results: list[LoadedLine] = []
+    threads = [threading.Thread(target=lambda: results.append(engine.get_line("A"))) for _ in "12"]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert store.fetches == 1
+    assert results[0] is results[1]
+
+
+def test_preload_loads_teachers_and_every_line(teachers_built: list[str]) -> None:
+    store = FakeStore()
+    store.add("A", 1)
+    store.add("B", 3)
+    store.add("X", 1, tag=b"broken")
+    engine = _engine(store)
+    assert not engine.teachers_loaded
+    assert engine.preload([]) == ["A", "B"]  # the broken one loads (or fails) on demand
+    assert engine.teachers_loaded
+    assert engine.held_lines() == {"A": 1, "B": 3}
+
+
+def test_preload_of_named_lines_and_with_the_store_down(teachers_built: list[str]) -> None:
+    store = FakeStore()
+    store.add("A", 1)
+    store.add("B", 1)
+    assert _engine(store).preload(["B", "nope"]) == ["B"]
+    store.down = True
+    engine = _engine(store)
+    assert engine.preload() == []
+    assert engine.teachers_loaded  # ready to serve: lines load when Redis returns
+
+
+def test_preprocess_params_and_score_come_from_the_model(teachers_built: list[str]) -> None:
+    store = FakeStore()
+    store.add("A", 1)
+    engine = _engine(store)
+    loaded = engine.get_line("A")
+    assert engine.preprocess_params(loaded) == (64, (0.5,) * 3, (0.25,) * 3, (1, 2, 30, 40))
+    name, total = engine.score(loaded, torch.ones(2, 3, 4, 4))
+    assert name == LITE0 and total.item() == 96.0
+
+
+def test_resolve_device() -> None:
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto").type == expected
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("cuda:1") == torch.device("cuda:1")

@@ -1,0 +1,39 @@
+"""Settings validate their ranges and round-trip through the JSON record."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from memkd.config import ModelConfig, TrainConfig
+from memkd.errors import ConfigError
+
+
+def test_round_trip_through_json() -> None:
+    m = ModelConfig(backbone="wide_resnet50_2", width_mult=2.0, fusion="add", temperature=0.5)
+    assert ModelConfig.from_dict(json.loads(json.dumps(m.to_dict()))) == m
+    t = TrainConfig(steps=7, betas=(0.9, 0.99), threshold_rule="quantile")
+    assert TrainConfig.from_dict(json.loads(json.dumps(t.to_dict()))) == t
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"input_size": 100},
+        {"input_size": 32},
+        {"width_mult": 0},
+        {"temperature": 0},
+        {"fusion": "mul"},
+        {"memory_items": 0},
+    ],
+)
+def test_model_config_ranges(bad: dict) -> None:
+    with pytest.raises(ConfigError):
+        ModelConfig(**bad)
+
+
+def test_unknown_keys_are_refused() -> None:
+    with pytest.raises(ConfigError, match="colour"):
+        ModelConfig.from_dict({"colour": "red"})
+    with pytest.raises(ConfigError):
+        TrainConfig(threshold_rule="median")

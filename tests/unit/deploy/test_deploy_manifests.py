@@ -41,6 +41,11 @@ def _worker_container(find: Find) -> dict[str, Any]:
 
 def test_every_manifest_is_in_the_kustomization_or_a_known_template() -> None:
     kustomization = load_kustomization(K8S_DIR)
+    assert kustomization["apiVersion"] == "kustomize.config.k8s.io/v1beta1"
+    assert kustomization["kind"] == "Kustomization"
+    # The fields render_k8s_dir understands; anything else would be applied but not checked.
+    known = {"apiVersion", "kind", "namespace", "labels", "resources", "images"}
+    assert set(kustomization) <= known, set(kustomization) - known
     listed = set(kustomization["resources"])
     for resource in listed:
         assert (K8S_DIR / resource).is_file(), f"kustomization lists missing {resource}"

@@ -26,9 +26,10 @@ __all__ = ["OffsetTracker"]
 class _PartitionLog:
     """Dispatched offsets of one partition, oldest first, and which of them are acked."""
 
-    __slots__ = ("acked", "committed", "done_through", "order")
+    __slots__ = ("acked", "committed", "done_through", "generation", "order")
 
-    def __init__(self) -> None:
+    def __init__(self, generation: int) -> None:
+        self.generation = generation  # tells a late ack of a forgotten log from a fresh one
         self.order: deque[int] = deque()
         self.acked: set[int] = set()
         self.done_through: int | None = None  # offset after the acked prefix popped so far
@@ -52,13 +53,20 @@ class OffsetTracker:
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._in_flight = 0
+        self._generations = 0
 
-    def dispatch(self, partition: Hashable, offset: int) -> None:
-        """Record that ``offset`` of ``partition`` entered the pipeline (fetch order)."""
+    def dispatch(self, partition: Hashable, offset: int) -> int:
+        """Record that ``offset`` of ``partition`` entered the pipeline (fetch order).
+
+        Returns the partition's tracking generation; pass it to ``ack`` so that a record
+        finishing after its partition was forgotten (and maybe re-assigned and re-read)
+        cannot mark the re-read copy done.
+        """
         with self._lock:
             log = self._logs.get(partition)
             if log is None:
-                log = self._logs[partition] = _PartitionLog()
+                self._generations += 1
+                log = self._logs[partition] = _PartitionLog(self._generations)
             if log.order and offset <= log.order[-1]:
                 raise ValueError(
                     f"offset {offset} of {partition} dispatched out of order (last {log.order[-1]})"
@@ -67,13 +75,16 @@ class OffsetTracker:
                 raise ValueError(f"offset {offset} of {partition} was already completed")
             log.order.append(offset)
             self._in_flight += 1
+            return log.generation
 
-    def ack(self, partition: Hashable, offset: int) -> bool:
+    def ack(self, partition: Hashable, offset: int, generation: int | None = None) -> bool:
         """Mark ``offset`` done. Returns False when the partition or offset is not tracked
-        (forgotten on revoke, or acked twice), which is harmless."""
+        (forgotten on revoke, from an older generation, or acked twice), which is harmless."""
         with self._lock:
             log = self._logs.get(partition)
             if log is None or offset in log.acked or offset not in log.order:
+                return False
+            if generation is not None and generation != log.generation:
                 return False
             log.acked.add(offset)
             self._in_flight -= 1
@@ -141,6 +152,12 @@ class OffsetTracker:
             if log is not None:
                 self._in_flight -= len(log.order) - len(log.acked)
                 self._changed.notify_all()
+
+    def generation(self, partition: Hashable) -> int | None:
+        """The partition's current tracking generation (None when not tracked)."""
+        with self._lock:
+            log = self._logs.get(partition)
+            return None if log is None else log.generation
 
     def partitions(self) -> list[Hashable]:
         with self._lock:

@@ -172,3 +172,15 @@ def test_wait_idle_wakes_on_ack_from_another_thread() -> None:
     thread.join()
     assert tracker.wait_idle(["q"], timeout_s=0.05) is False
     assert tracker.wait_idle(None, timeout_s=0.01) is False
+
+
+def test_late_ack_from_a_forgotten_generation_is_ignored() -> None:
+    tracker = OffsetTracker()
+    old = tracker.dispatch("p", 5)
+    tracker.forget("p")  # revoked while offset 5 was in flight
+    new = tracker.dispatch("p", 5)  # re-assigned, re-read from the committed offset
+    assert new != old
+    assert tracker.ack("p", 5, old) is False  # the abandoned copy finishing late
+    assert tracker.committable() == {}
+    assert tracker.ack("p", 5, new) is True
+    assert tracker.committable() == {"p": 6}

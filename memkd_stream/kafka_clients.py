@@ -1,0 +1,98 @@
+"""kafka-python clients configured for the worker's delivery contract (DESIGN.md §4).
+
+One place decides how the consumer, producer and admin client talk to the broker, so the
+settings that make the contract hold are not scattered:
+
+- consumer: auto-commit off (the worker commits only acknowledged prefixes), ``earliest`` reset
+  (a new group starts at the first image, nothing is skipped), fetch sizes at least the
+  broker's ``max.message.bytes`` (else a large image blocks its partition forever), and the
+  cooperative sticky assignor (KIP-429, supported by kafka-python >= 2.3): a rebalance only
+  revokes the partitions that actually move, so the other partitions keep flowing.
+- producer: ``acks=all`` and idempotence (broker retries never duplicate or reorder a result),
+  ``max_request_size`` matched to the topic limit, and a delivery timeout equal to the broker
+  unreachable budget: a result that cannot be delivered within it fails, and the worker exits
+  without committing it.
+
+Threading (kafka-python 3.x): each client drives its own IO thread. Rebalance listener
+callbacks run on the *consumer's* IO thread while ``poll()`` waits for them, so they must not
+call the blocking consumer API (it raises); see ``worker.RebalanceHandler``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.admin import KafkaAdminClient
+from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
+
+__all__ = ["ASSIGNOR", "connection_kwargs", "make_admin", "make_consumer", "make_producer"]
+
+ASSIGNOR = CooperativeStickyAssignor
+
+# Headroom for record and batch headers on top of the image bytes.
+_FRAME_OVERHEAD = 1024 * 1024
+
+
+def connection_kwargs(kafka: Any) -> dict[str, Any]:
+    """Bootstrap, security and timeout kwargs common to every kafka-python client."""
+    kwargs: dict[str, Any] = dict(kafka.client_kwargs())
+    kwargs.setdefault("bootstrap_servers", kafka.bootstrap_servers)
+    kwargs.setdefault("request_timeout_ms", int(kafka.request_timeout_ms))
+    return kwargs
+
+
+def make_consumer(
+    kafka: Any,
+    *,
+    topics: list[str] | None = None,
+    group_id: str | None = None,
+    client_id: str | None = None,
+    max_poll_records: int = 256,
+    **overrides: Any,
+) -> KafkaConsumer:
+    """A group consumer for ``topics`` (subscribe later when None) with manual commits."""
+    fetch_bytes = int(kafka.max_message_bytes) + _FRAME_OVERHEAD
+    config: dict[str, Any] = connection_kwargs(kafka)
+    config.update(
+        group_id=group_id if group_id is not None else kafka.group_id,
+        client_id=client_id or kafka.client_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        partition_assignment_strategy=[ASSIGNOR],
+        max_partition_fetch_bytes=fetch_bytes,
+        fetch_max_bytes=max(fetch_bytes, 52428800),
+        max_poll_records=max_poll_records,
+        bootstrap_timeout_ms=int(kafka.request_timeout_ms),
+    )
+    config.update(overrides)
+    consumer = KafkaConsumer(**config)
+    if topics:
+        consumer.subscribe(topics)
+    return consumer
+
+
+def make_producer(kafka: Any, *, client_id: str | None = None, **overrides: Any) -> KafkaProducer:
+    """An idempotent ``acks=all`` producer sized for the topics' ``max.message.bytes``."""
+    delivery_ms = int(float(kafka.unreachable_timeout_s) * 1000)
+    request_ms = int(kafka.request_timeout_ms)
+    config: dict[str, Any] = connection_kwargs(kafka)
+    config.update(
+        client_id=client_id or kafka.client_id,
+        acks="all",
+        enable_idempotence=True,
+        max_request_size=int(kafka.max_message_bytes),
+        linger_ms=2,
+        # kafka-python requires delivery_timeout_ms >= linger_ms + request_timeout_ms
+        delivery_timeout_ms=max(delivery_ms, request_ms + 1000),
+        max_block_ms=max(delivery_ms, 1000),
+        bootstrap_timeout_ms=request_ms,
+    )
+    config.update(overrides)
+    return KafkaProducer(**config)
+
+
+def make_admin(kafka: Any, *, client_id: str | None = None) -> KafkaAdminClient:
+    config = connection_kwargs(kafka)
+    config["client_id"] = (client_id or kafka.client_id) + "-admin"
+    return KafkaAdminClient(**config)

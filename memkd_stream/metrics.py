@@ -1,0 +1,193 @@
+"""Prometheus metrics of the worker (DESIGN.md §6).
+
+Everything an operator needs on a dashboard: records in/out/dead-lettered by code, batch sizes,
+latency per stage and end to end, consumer lag, assignment, the line cache (hits, misses, swaps,
+refused swaps, version served) and, per line, the anomaly rate and a score histogram so drift
+shows without reading results. One ``CollectorRegistry`` per ``WorkerMetrics`` (not the global
+default), so tests and several workers in one process never collide.
+
+The engine and hot swapper call the line-cache hooks (``cache_hit``, ``cache_miss``, ``swap``,
+``swap_failed``, ``version_served``); the worker calls the rest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["STAGES", "WorkerMetrics"]
+
+# The time split the bench reports and the worker measures per record.
+STAGES = ("decode", "batch_wait", "forward", "encode", "produce")
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+# Raw image scores (max of the blurred anomaly map) are small positive numbers whose scale
+# depends on the backbone; a geometric ladder covers both teachers.
+_SCORE_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
+
+
+class WorkerMetrics:
+    """The worker's metrics on their own registry (served by ``health.HealthServer``)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.records_in = Counter(
+            "memkd_records_in", "Request records consumed from the inspect topic", registry=r
+        )
+        self.results_out = Counter(
+            "memkd_results", "Result records acknowledged by the broker", ["line"], registry=r
+        )
+        self.dead_letters = Counter(
+            "memkd_dead_letters",
+            "Dead-letter records acknowledged, by error code",
+            ["code"],
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "memkd_batch_size", "Images per model batch", buckets=_BATCH_BUCKETS, registry=r
+        )
+        self.queue_seconds = Histogram(
+            "memkd_queue_seconds",
+            "From record received to its batch starting",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.infer_seconds = Histogram(
+            "memkd_infer_seconds",
+            "Model forward time per batch",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.end_to_end_seconds = Histogram(
+            "memkd_end_to_end_seconds",
+            "From memkd-sent-at (or receipt when absent) to the result being acknowledged",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.stage_seconds = Histogram(
+            "memkd_stage_seconds",
+            "Per-record time spent in each pipeline stage",
+            ["stage"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.consumer_lag = Gauge(
+            "memkd_consumer_lag",
+            "Records behind the partition's high watermark",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.partitions_assigned = Gauge(
+            "memkd_partitions_assigned", "Partitions assigned to this worker", registry=r
+        )
+        self.in_flight = Gauge(
+            "memkd_in_flight_records", "Records consumed but not yet acknowledged", registry=r
+        )
+        self.paused = Gauge(
+            "memkd_paused_partitions",
+            "Partitions paused (backpressure or unavailable line)",
+            registry=r,
+        )
+        self.broker_reachable = Gauge(
+            "memkd_broker_reachable", "1 when the last broker probe succeeded", registry=r
+        )
+        self.cache_hits = Counter(
+            "memkd_line_cache_hits", "Line model cache hits", ["line"], registry=r
+        )
+        self.cache_misses = Counter(
+            "memkd_line_cache_misses", "Line model cache misses (loads)", ["line"], registry=r
+        )
+        self.swaps = Counter(
+            "memkd_line_swaps", "Line model versions swapped in", ["line"], registry=r
+        )
+        self.swap_failures = Counter(
+            "memkd_line_swap_failures",
+            "New line versions refused (old one kept)",
+            ["line"],
+            registry=r,
+        )
+        self.model_version = Gauge(
+            "memkd_model_version",
+            "Version of the line's model that scored last",
+            ["line"],
+            registry=r,
+        )
+        self.line_unavailable = Gauge(
+            "memkd_line_unavailable",
+            "1 while the line's model cannot be loaded",
+            ["line"],
+            registry=r,
+        )
+        self.line_images = Counter(
+            "memkd_line_images", "Images scored per line", ["line"], registry=r
+        )
+        self.line_anomalies = Counter(
+            "memkd_line_anomalies", "Images scored anomalous per line", ["line"], registry=r
+        )
+        self.line_score = Histogram(
+            "memkd_line_score",
+            "Raw image scores per line",
+            ["line"],
+            buckets=_SCORE_BUCKETS,
+            registry=r,
+        )
+
+    # ------------------------------------------------------------ engine / hot swap hooks
+    def cache_hit(self, line: str) -> None:
+        self.cache_hits.labels(line).inc()
+
+    def cache_miss(self, line: str) -> None:
+        self.cache_misses.labels(line).inc()
+
+    def swap(self, line: str, version: int) -> None:
+        self.swaps.labels(line).inc()
+        self.model_version.labels(line).set(version)
+
+    def swap_failed(self, line: str) -> None:
+        self.swap_failures.labels(line).inc()
+
+    def version_served(self, line: str, version: int) -> None:
+        self.model_version.labels(line).set(version)
+
+    # ------------------------------------------------------------ worker hooks
+    def record_in(self, n: int = 1) -> None:
+        self.records_in.inc(n)
+
+    def scored(self, line: str, version: int, score: float, anomalous: bool) -> None:
+        """One image scored (counted when computed; delivery is counted by ``result_acked``)."""
+        self.line_images.labels(line).inc()
+        if anomalous:
+            self.line_anomalies.labels(line).inc()
+        self.line_score.labels(line).observe(score)
+        self.model_version.labels(line).set(version)
+
+    def result_acked(self, line: str, end_to_end_s: float | None) -> None:
+        self.results_out.labels(line).inc()
+        if end_to_end_s is not None and end_to_end_s >= 0:
+            self.end_to_end_seconds.observe(end_to_end_s)
+
+    def dead_lettered(self, code: str) -> None:
+        self.dead_letters.labels(code).inc()
+
+    def batch(self, size: int, infer_s: float) -> None:
+        self.batch_size.observe(size)
+        self.infer_seconds.observe(infer_s)
+
+    def stage(self, name: str, seconds: float) -> None:
+        self.stage_seconds.labels(name).observe(max(seconds, 0.0))
+
+    def queued(self, seconds: float) -> None:
+        self.queue_seconds.observe(max(seconds, 0.0))
+
+    def lag(self, topic: str, partition: int, lag: int) -> None:
+        self.consumer_lag.labels(topic, str(partition)).set(lag)
+
+    def drop_lag(self, topic: str, partition: int) -> None:
+        with contextlib.suppress(KeyError):
+            self.consumer_lag.remove(topic, str(partition))
+
+    def set_unavailable(self, line: str, unavailable: bool) -> None:
+        self.line_unavailable.labels(line).set(1 if unavailable else 0)

@@ -80,7 +80,7 @@ def test_wrn_missing_file_names_the_path_and_how_to_get_it(tmp_path: Path) -> No
         load_teacher("wide_resnet50_2", missing)
     assert str(missing) in str(err.value)
     assert "IMAGENET1K_V1" in str(err.value) and err.value.code == "teacher-weights-missing"
-    with pytest.raises(TeacherWeightsMissing, match="wide_resnet50_2-95faca4d.pth"):
+    with pytest.raises(TeacherWeightsMissing, match=r"wide_resnet50_2-95faca4d\.pth"):
         load_teacher("wide_resnet50_2")
 
 

@@ -53,7 +53,7 @@ def test_student_mirrors_teacher_shapes(
     with torch.no_grad():
         s_feats = student(t_feats)
     assert [s.shape for s in s_feats] == [t.shape for t in t_feats]
-    c1, c2, c3 = teacher.channels
+    _, c2, c3 = teacher.channels
     first2 = student.stage2[0].body[0]
     first3 = student.stage3[0].body[0]
     grow = 2 if memory and fusion == "concat" else 1

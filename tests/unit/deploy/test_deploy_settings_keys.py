@@ -16,8 +16,9 @@ from typing import Any
 
 import pytest
 from deploy_checks import REPO_ROOT
-from memkd_stream.settings import Settings, load_settings
 from pydantic import BaseModel, SecretStr
+
+from memkd_stream.settings import Settings, load_settings
 
 PREFIX = "MEMKD_"
 Find = Callable[..., dict[str, Any]]
@@ -55,17 +56,20 @@ def dockerfile_env() -> dict[str, str]:
     return dict(re.findall(r"\b(MEMKD_[A-Z0-9_]+)=(\S+)", text))
 
 
-def workload_env(find: Find) -> dict[str, str]:
-    """Literal env of the worker and the fit Job (fieldRef values as the kubelet fills them)."""
+def workload_env(find: Find, *, literal_only: bool = True) -> dict[str, str]:
+    """Env of the worker and the fit Job: literal values (fieldRef values as the kubelet fills
+    them in); with literal_only=False also the secretKeyRef names, valued "" (their values are
+    the Secret template's)."""
     env: dict[str, str] = {}
     for kind, name in (("Deployment", "memkd-worker"), ("Job", None)):
         for container in find(kind, name)["spec"]["template"]["spec"]["containers"]:
             for item in container.get("env", []):
+                source = item.get("valueFrom", {})
                 if "value" in item:
                     env[item["name"]] = item["value"]
-                elif "fieldRef" in item.get("valueFrom", {}):
+                elif "fieldRef" in source:
                     env[item["name"]] = "memkd-worker-7d9f-abcde"
-                else:
+                elif not literal_only:
                     env.setdefault(item["name"], "")
     return env
 
@@ -76,7 +80,8 @@ def every_key(find: Find, config_data: dict[str, str]) -> dict[str, str]:
     where = dict.fromkeys(config_data, "ConfigMap memkd-config")
     secret = find("Secret", "memkd-secrets")["stringData"]
     where.update({k: "Secret template" for k in secret if k.startswith(PREFIX)})
-    where.update({k: "workload env" for k in workload_env(find) if k.startswith(PREFIX)})
+    names = workload_env(find, literal_only=False)
+    where.update({k: "workload env" for k in names if k.startswith(PREFIX)})
     where.update(dict.fromkeys(dockerfile_env(), "Dockerfile ENV"))
     return where
 
@@ -106,8 +111,19 @@ def test_secret_keys_are_all_used(find: Find) -> None:
     assert secret - used == set(), "Secret template keys nobody reads"
 
 
+SASL_SSL_SITE = {
+    # What deploy/README.md step 3/4 tells a SASL/SCRAM + TLS site to set.
+    "MEMKD_KAFKA__SECURITY_PROTOCOL": "SASL_SSL",
+    "MEMKD_KAFKA__SASL_MECHANISM": "SCRAM-SHA-512",
+    "MEMKD_KAFKA__SSL_CAFILE": "/etc/memkd/tls/kafka-ca.crt",
+    "MEMKD_KAFKA__SASL_USERNAME": "memkd",
+    "MEMKD_KAFKA__SASL_PASSWORD": "s3cret",
+}
+
+
+@pytest.mark.parametrize("site", [{}, SASL_SSL_SITE], ids=["as-committed", "sasl-ssl"])
 def test_pods_load_these_settings(
-    monkeypatch: pytest.MonkeyPatch, find: Find, config_data: dict[str, str]
+    monkeypatch: pytest.MonkeyPatch, find: Find, config_data: dict[str, str], site: dict
 ) -> None:
     """load_settings() accepts the values and sees each one as written."""
     for key in [k for k in os.environ if k.upper().startswith(PREFIX)]:
@@ -118,11 +134,14 @@ def test_pods_load_these_settings(
         **config_data,
         **{k: v for k, v in secret.items() if k.startswith(PREFIX)},
         **workload_env(find),
+        **site,
     }
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     settings = load_settings()
     for key, raw in env.items():
+        if raw == "":
+            continue  # env_ignore_empty: an empty value means the default
         value = setting_value(settings, key)
         if isinstance(value, bool):
             assert value == (raw.lower() in ("1", "true", "yes", "on")), key

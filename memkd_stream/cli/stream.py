@@ -1,0 +1,328 @@
+"""``memkd-stream produce | results | topics``: talk to the inspection stream by hand.
+
+``produce`` sends image files the way a camera does (DESIGN.md §3: key = line id, value = the
+file's bytes, headers ``memkd-id`` / ``memkd-sent-at`` plus any ``--header K=V``); ``results``
+shows what the workers published, as a table or JSON; ``topics create`` makes the three topics
+with the size limit the worker is configured for (idempotent).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from memkd_stream.cli.main import Context, line_arg
+
+__all__ = ["IMAGE_SUFFIXES", "collect_images", "read_results", "register"]
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "produce",
+        help="send images to the inspect topic as a camera would",
+        description="Send image files (or every image under folders) to the inspect topic.",
+    )
+    p.add_argument("--line", type=line_arg, required=True, help="line id (the record key)")
+    p.add_argument("paths", type=Path, nargs="+", metavar="PATH", help="image files or folders")
+    p.add_argument("--rate", type=float, default=None, metavar="N", help="images per second")
+    p.add_argument(
+        "--header",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="extra header passed through to the result (repeatable)",
+    )
+    p.add_argument(
+        "--id-from-filename",
+        action="store_true",
+        help="memkd-id = the path relative to the folder given (or the file name); "
+        "default: the worker's topic:partition:offset",
+    )
+    p.add_argument("--id-prefix", default="", metavar="TEXT", help="prepended to each memkd-id")
+    p.set_defaults(handler=_produce)
+
+    p = subparsers.add_parser(
+        "results",
+        help="show scored results (id, line, version, score, verdict)",
+        description="Read the results topic. Without --follow: what is there now, then exit.",
+    )
+    p.add_argument("--line", type=line_arg, default=None, help="only this line")
+    p.add_argument("--follow", action="store_true", help="keep printing new results")
+    p.add_argument(
+        "--from-beginning",
+        action="store_true",
+        help="with --follow: start at the oldest result instead of new ones",
+    )
+    p.add_argument("--max", type=int, default=None, metavar="N", help="stop after N results")
+    p.add_argument("--timeout", type=float, default=None, metavar="S", help="stop after S seconds")
+    p.add_argument("--dlq", action="store_true", help="read the dead-letter topic instead")
+    p.set_defaults(handler=_results)
+
+    p = subparsers.add_parser("topics", help="create the inspect, results and dlq topics")
+    actions = p.add_subparsers(dest="topics_command", metavar="ACTION", required=True)
+    c = actions.add_parser("create", help="create missing topics (existing ones are kept)")
+    c.add_argument("--partitions", type=int, default=None, help="default: kafka.partitions")
+    c.set_defaults(handler=_topics_create)
+
+
+# ------------------------------------------------------------------------------ produce
+def collect_images(paths: list[Path]) -> list[tuple[Path, str]]:
+    """(file, id) for every image: files as given, folders walked in sorted order; the id is
+    the path relative to the folder argument (or the file's name)."""
+    out: list[tuple[Path, str]] = []
+    for path in paths:
+        if path.is_dir():
+            for file in sorted(path.rglob("*")):
+                if file.is_file() and file.suffix.lower() in IMAGE_SUFFIXES:
+                    out.append((file, file.relative_to(path).as_posix()))
+        elif path.is_file():
+            out.append((path, path.name))
+        else:
+            raise FileNotFoundError(2, "no such file or folder", str(path))
+    return out
+
+
+def _parse_headers(items: list[str]) -> list[tuple[str, bytes]]:
+    headers = []
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise argparse.ArgumentTypeError(f"--header {item!r}: expected K=V")
+        headers.append((name, value.encode("utf-8")))
+    return headers
+
+
+def _produce(ctx: Context) -> int:
+    from memkd_stream.kafka_clients import make_producer
+
+    args = ctx.args
+    kafka = ctx.settings.kafka
+    images = collect_images(args.paths)
+    if not images:
+        ctx.out.error("no-images", "no image files (png, jpg, bmp, tif) under the paths given")
+        return 1
+    try:
+        extra = _parse_headers(args.header)
+    except argparse.ArgumentTypeError as exc:
+        ctx.out.error("usage", str(exc))
+        return 2
+    producer = make_producer(kafka)
+    interval = 1.0 / args.rate if args.rate else 0.0
+    started = time.monotonic()
+    futures = []
+    total_bytes = 0
+    try:
+        for i, (file, image_id) in enumerate(images):
+            if interval:
+                delay = started + i * interval - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+            value = file.read_bytes()
+            total_bytes += len(value)
+            headers = list(extra)
+            if args.id_from_filename or args.id_prefix:
+                headers.append(("memkd-id", f"{args.id_prefix}{image_id}".encode()))
+            headers.append(("memkd-sent-at", str(int(time.time() * 1000)).encode()))
+            futures.append(
+                producer.send(
+                    kafka.inspect_topic, key=args.line.encode(), value=value, headers=headers
+                )
+            )
+        producer.flush(timeout=float(kafka.request_timeout_ms) / 1000 + 5)
+        for future in futures:
+            future.get(timeout=1)  # raises if the broker refused a record
+    finally:
+        producer.close(timeout=5)
+    elapsed = time.monotonic() - started
+    summary = {
+        "sent": len(futures),
+        "line": args.line,
+        "topic": kafka.inspect_topic,
+        "bytes": total_bytes,
+        "seconds": round(elapsed, 2),
+    }
+    ctx.out.result(
+        summary,
+        f"sent {len(futures)} images ({total_bytes} bytes) for line {args.line} to "
+        f"{kafka.inspect_topic} in {elapsed:.1f}s",
+    )
+    return 0
+
+
+# ------------------------------------------------------------------------------ results
+def read_results(
+    kafka: Any,
+    *,
+    topic: str,
+    follow: bool,
+    from_beginning: bool,
+    line: str | None = None,
+    max_records: int | None = None,
+    timeout_s: float | None = None,
+    on_record: Any = None,
+) -> list[dict[str, Any]]:
+    """Read ``topic`` without a consumer group (nothing is committed, nothing is taken from the
+    workers) and return parsed records: results as their JSON, dead letters as their headers."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    from memkd_stream.kafka_clients import connection_kwargs
+
+    consumer = KafkaConsumer(
+        group_id=None,
+        enable_auto_commit=False,
+        fetch_max_bytes=max(52428800, int(kafka.max_message_bytes) + 1024 * 1024),
+        max_partition_fetch_bytes=int(kafka.max_message_bytes) + 1024 * 1024,
+        **connection_kwargs(kafka),
+    )
+    out: list[dict[str, Any]] = []
+    try:
+        partitions = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        if not tps:
+            return out
+        consumer.assign(tps)
+        if follow and not from_beginning:
+            consumer.seek_to_end(*tps)
+        else:
+            consumer.seek_to_beginning(*tps)
+        ends = None if follow else consumer.end_offsets(tps)
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            if max_records is not None and len(out) >= max_records:
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            if ends is not None and all(consumer.position(tp) >= ends[tp] for tp in tps):
+                break
+            for records in consumer.poll(timeout_ms=200).values():
+                for record in records:
+                    key = record.key.decode("utf-8", "replace") if record.key else None
+                    if line is not None and key != line:
+                        continue
+                    doc = _parse_record(record, key)
+                    out.append(doc)
+                    if on_record is not None:
+                        on_record(doc)
+                    if max_records is not None and len(out) >= max_records:
+                        break
+    finally:
+        consumer.close()
+    return out
+
+
+def _parse_record(record: Any, key: str | None) -> dict[str, Any]:
+    headers = {k: (v or b"").decode("utf-8", "replace") for k, v in (record.headers or [])}
+    try:
+        doc = json.loads(record.value) if record.value else None
+    except (ValueError, UnicodeDecodeError):
+        doc = None
+    if not isinstance(doc, dict) or "schema" not in doc:
+        # a dead letter: the image bytes are not useful on a terminal
+        return {
+            "id": headers.get("memkd-id", headers.get("memkd-source")),
+            "line": key,
+            "error": headers.get("memkd-error"),
+            "detail": headers.get("memkd-error-detail"),
+            "source": headers.get("memkd-source"),
+            "headers": headers,
+        }
+    doc["headers"] = headers
+    return doc
+
+
+def _row(doc: dict[str, Any]) -> list[str]:
+    if "error" in doc:
+        return [str(doc.get("id")), str(doc.get("line")), "-", "-", "-", f"DLQ {doc['error']}"]
+    return [
+        str(doc["id"]),
+        str(doc["line"]),
+        str(doc["model_version"]),
+        f"{doc['score']:.4f}",
+        f"{doc['threshold']:.4f}",
+        "ANOMALOUS" if doc["anomalous"] else "ok",
+    ]
+
+
+_COLUMNS = ("id", "line", "version", "score", "threshold", "verdict")
+
+
+def _brief(doc: dict[str, Any]) -> dict[str, Any]:
+    """The JSON form: the result without the (large) mask data."""
+    brief = dict(doc)
+    mask = brief.get("mask")
+    if isinstance(mask, dict) and "data" in mask:
+        brief["mask"] = {k: v for k, v in mask.items() if k != "data"}
+        brief["mask"]["bytes"] = len(base64.b64decode(mask["data"]))
+    return brief
+
+
+def _results(ctx: Context) -> int:
+    args = ctx.args
+    kafka = ctx.settings.kafka
+    topic = kafka.dlq_topic if args.dlq else kafka.results_topic
+    out = ctx.out
+    if args.follow:
+        if out.json_mode:
+
+            def show(doc: dict[str, Any]) -> None:
+                print(json.dumps(_brief(doc)), flush=True)
+        else:
+            print("  ".join(f"{c:<12}" for c in _COLUMNS), flush=True)
+
+            def show(doc: dict[str, Any]) -> None:
+                print("  ".join(f"{c:<12}" for c in _row(doc)), flush=True)
+
+        try:
+            read_results(
+                kafka,
+                topic=topic,
+                follow=True,
+                from_beginning=args.from_beginning,
+                line=args.line,
+                max_records=args.max,
+                timeout_s=args.timeout,
+                on_record=show,
+            )
+        except KeyboardInterrupt:
+            return 0
+        return 0
+    docs = read_results(
+        kafka,
+        topic=topic,
+        follow=False,
+        from_beginning=True,
+        line=args.line,
+        max_records=args.max,
+        timeout_s=args.timeout,
+    )
+
+    def human(console: Any) -> None:
+        from rich.table import Table
+
+        table = Table(*_COLUMNS, title=f"{len(docs)} records on {topic}")
+        for doc in docs:
+            table.add_row(*_row(doc))
+        console.print(table)
+
+    out.result([_brief(d) for d in docs], human)
+    return 0
+
+
+# ------------------------------------------------------------------------------ topics
+def _topics_create(ctx: Context) -> int:
+    from memkd_stream.topics import ensure_topics
+
+    statuses = ensure_topics(ctx.settings.kafka, partitions=ctx.args.partitions)
+    data = [{"topic": s.name, "partitions": s.partitions, "created": s.created} for s in statuses]
+    lines = [
+        f"{s.name}: {'created' if s.created else 'exists'} ({s.partitions} partitions)"
+        for s in statuses
+    ]
+    ctx.out.result(data, "\n".join(lines))
+    return 0

@@ -1,0 +1,129 @@
+"""``memkd-worker``: the streaming inspection worker process (the container's entry point).
+
+Builds everything from settings (DESIGN.md §6), serves ``/metrics``, ``/healthz`` and ``/readyz``,
+loads the teachers and preloads lines, starts the hot swapper and runs the Kafka loop until
+SIGTERM/SIGINT. Exit codes: 0 after a clean drain, 2 bad settings or a teacher that cannot be
+loaded, 3 Kafka broker unreachable for longer than ``kafka.unreachable_timeout_s`` (Kubernetes
+restarts the pod; nothing unacknowledged was committed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+__all__ = ["main"]
+
+EXIT_SETTINGS = 2
+# After SIGTERM the worker has drain_grace_s; this much more and the process is ended hard.
+_HARD_EXIT_MARGIN_S = 5.0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="memkd-worker",
+        description=(
+            "Consume camera images from Kafka, score them with each line's MemKD model, publish "
+            "results and dead letters. Settings come from MEMKD_* environment variables "
+            "(e.g. MEMKD_KAFKA__BOOTSTRAP_SERVERS) and --config FILE."
+        ),
+        epilog="exit codes: 0 clean shutdown, 2 bad settings/teacher, 3 broker unreachable",
+    )
+    parser.add_argument(
+        "--config", type=Path, metavar="FILE", help="TOML settings file (environment wins)"
+    )
+    parser.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        help="log level (default: the settings' log.level)",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+
+    from memkd_stream.errors import MemkdStreamError
+    from memkd_stream.logging import configure_logging, get_logger
+    from memkd_stream.settings import load_settings
+
+    if args.config is not None and not args.config.is_file():
+        print(f"memkd-worker: error: --config {args.config}: no such file", file=sys.stderr)
+        return EXIT_SETTINGS
+    try:
+        settings = load_settings(args.config)
+    except MemkdStreamError as exc:
+        print(f"memkd-worker: error: {exc}", file=sys.stderr)
+        return EXIT_SETTINGS
+    log_settings = settings.log
+    if args.log_level:
+        log_settings = log_settings.model_copy(update={"level": args.log_level})
+    configure_logging(log_settings)
+    log = get_logger("memkd_stream.worker_main")
+
+    from memkd_stream.engine import Engine
+    from memkd_stream.health import HealthServer, Heartbeats
+    from memkd_stream.hot_swap import HotSwapper
+    from memkd_stream.line_store import LineStore
+    from memkd_stream.metrics import WorkerMetrics
+    from memkd_stream.worker import Worker
+
+    metrics = WorkerMetrics()
+    heartbeats = Heartbeats()
+    store = LineStore.from_settings(settings.redis)
+    engine = Engine(settings.model, settings.worker, store, metrics=metrics)
+    worker = Worker(settings, engine, metrics=metrics, heartbeats=heartbeats)
+    server = HealthServer(
+        settings.metrics.host,
+        settings.metrics.port,
+        metrics.registry,
+        heartbeats,
+        worker.ready_checks,
+    ).start()
+    log.info("metrics and health serving", host=settings.metrics.host, port=server.port)
+
+    stop_requested = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        if stop_requested.is_set():
+            return
+        stop_requested.set()
+        log.info("stop requested; draining", signal=signal.Signals(signum).name)
+        worker.stop()
+        # Last resort: a drain that cannot finish must not outlive the pod's grace period.
+        timer = threading.Timer(
+            float(settings.worker.drain_grace_s) + _HARD_EXIT_MARGIN_S, lambda: os._exit(1)
+        )
+        timer.daemon = True
+        timer.start()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    try:
+        held = engine.preload(list(settings.worker.preload_lines))
+    except Exception as exc:  # teacher weights missing or unreadable: nothing can be scored
+        log.error("cannot load the teacher; the worker cannot score anything", error=str(exc))
+        server.stop()
+        return EXIT_SETTINGS
+    log.info("lines preloaded", lines=held)
+    swapper = HotSwapper(store, engine, settings.worker.refresh_interval_s, metrics=metrics)
+    swapper.start()
+    try:
+        code = worker.run() if not stop_requested.is_set() else 0
+    finally:
+        swapper.stop()
+        server.stop()
+    log.info("worker exited", exit_code=code)
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -19,6 +19,7 @@ import torch
 from memkd_stream import engine as engine_module
 from memkd_stream.engine import Engine, LineUnavailable, LoadedLine, UnknownLine, resolve_device
 from memkd_stream.line_store import StoreUnavailable
+from memkd_stream.settings import ModelSettings, WorkerSettings
 
 LITE0 = "tf_efficientnet_lite0"
 WRN50 = "wide_resnet50_2"
@@ -129,8 +130,8 @@ def teachers_built(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 def _engine(store: FakeStore, max_models: int = 8, max_bytes: int = 10_000, metrics=None):
-    model = SimpleNamespace(backbone=LITE0, wrn50_weights=None, device="cpu")
-    worker = SimpleNamespace(cache_max_models=max_models, cache_max_bytes=max_bytes)
+    model = ModelSettings(backbone=LITE0, device="cpu")
+    worker = WorkerSettings(cache_max_models=max_models, cache_max_bytes=max_bytes)
     return Engine(model, worker, store, metrics=metrics)
 
 

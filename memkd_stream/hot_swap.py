@@ -1,0 +1,197 @@
+"""Hot swap: follow line activations in Redis and swap held line models in the background.
+
+Each activation publishes ``{"line", "version", "action"}`` on the store's events channel
+(DESIGN.md §5). Pub/sub is fire-and-forget — a worker that is disconnected, or slow to subscribe,
+misses events — so the channel is only a hint: the source of truth is each line's ``current`` key.
+``HotSwapper`` therefore re-reads ``current`` of every held line after each (re)subscribe and every
+``refresh_interval_s``, and on an event about a held line. A missed event delays a swap by at most
+one refresh interval; it never loses it.
+
+Loading runs on this thread (``Engine.swap``), never on the worker's: the worker keeps scoring on
+the old version and picks up the new one between batches. Lines the worker does not hold are
+ignored; they load on demand at their active version.
+
+Redis outages: the loop backs off (bounded, jittered) and keeps trying; it logs one warning when an
+outage starts and one info line when it ends, not one per retry.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+import threading
+import time
+from typing import Any
+
+from memkd_stream.logging import get_logger
+
+__all__ = ["HotSwapper"]
+
+# Bounded exponential backoff while Redis is unreachable.
+_BACKOFF_START_S = 0.2
+_BACKOFF_MAX_S = 5.0
+# Longest blocking wait on the pub/sub socket: bounds how long stop() waits for the loop.
+_POLL_S = 0.25
+
+
+class HotSwapper:
+    """Background thread that keeps the engine's held lines at their active versions.
+
+    Args:
+        store: the ``LineStore`` (``current``, ``events_channel``, and its Redis client).
+        engine: the ``Engine`` (``held_lines``, ``swap``).
+        refresh_interval_s: how often ``current`` of every held line is re-read.
+        log: a structlog logger (default: this module's).
+        metrics: optional; reserved for swap counters (``Engine.swap`` reports swaps itself).
+        client: the ``redis.Redis`` to subscribe with (default: the store's client).
+    """
+
+    def __init__(
+        self,
+        store: Any,
+        engine: Any,
+        refresh_interval_s: float = 30.0,
+        log: Any = None,
+        metrics: Any = None,
+        *,
+        client: Any = None,
+    ) -> None:
+        self.store = store
+        self.engine = engine
+        self.refresh_interval_s = float(refresh_interval_s)
+        self.log = log if log is not None else get_logger(__name__)
+        self.metrics = metrics
+        self._client = client if client is not None else _store_client(store)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._connected = threading.Event()
+        self._outage_since: float | None = None
+        self._delay = _BACKOFF_START_S
+        self.reconciles = 0  # completed re-reads of all held lines (for tests and health)
+
+    # ----------------------------------------------------------------- lifecycle
+    def start(self) -> None:
+        """Start the background thread (idempotent)."""
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="memkd-hot-swap", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 2.0) -> None:
+        """Stop the thread, waiting at most ``timeout_s``. A Redis call in progress (bounded by
+        the client's timeouts and retries) may finish after that; the thread then exits without
+        starting another (it is a daemon, and drops what it was loading)."""
+        self._stop.set()
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout_s)
+            if thread.is_alive():
+                self.log.warning("hot-swap thread still busy at stop", timeout_s=timeout_s)
+
+    @property
+    def connected(self) -> bool:
+        """Subscribed to the events channel right now."""
+        return self._connected.is_set()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    # ----------------------------------------------------------------- loop
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            pubsub = None
+            try:
+                pubsub = self._client.pubsub()
+                pubsub.subscribe(self.store.events_channel)
+                self._listen(pubsub)
+            except Exception as exc:
+                self._connected.clear()
+                if self._outage_since is None:
+                    self._outage_since = time.monotonic()
+                    self._delay = _BACKOFF_START_S
+                    self.log.warning(
+                        "hot swap lost Redis; held lines keep serving, retrying",
+                        error=str(exc),
+                        code=getattr(exc, "code", type(exc).__name__),
+                    )
+                self._stop.wait(self._delay * random.uniform(0.5, 1.0))
+                self._delay = min(self._delay * 2, _BACKOFF_MAX_S)
+            finally:
+                if pubsub is not None:
+                    with contextlib.suppress(Exception):  # closing a dead connection may fail
+                        pubsub.close()
+        self._connected.clear()
+
+    def _listen(self, pubsub: Any) -> None:
+        """Handle events and periodic re-reads until stopped; Redis errors propagate.
+
+        A ``subscribe`` confirmation arrives after the first subscribe and after every silent
+        reconnect (redis-py re-subscribes by itself): each one triggers a full re-read, because
+        events published while we were not subscribed are gone.
+        """
+        next_refresh: float | None = None  # no periodic re-read before the first subscribe
+        while not self._stop.is_set():
+            wait = _POLL_S
+            if next_refresh is not None:
+                wait = max(0.0, min(_POLL_S, next_refresh - time.monotonic()))
+            message = pubsub.get_message(timeout=wait)
+            kind = message.get("type") if message is not None else None
+            if kind == "subscribe":
+                self.reconcile()
+                self._on_connected()
+                next_refresh = time.monotonic() + self.refresh_interval_s
+            elif kind == "message":
+                self._on_event(message.get("data"))  # type: ignore[union-attr]
+            if next_refresh is not None and time.monotonic() >= next_refresh:
+                self.reconcile()
+                next_refresh = time.monotonic() + self.refresh_interval_s
+
+    def _on_connected(self) -> None:
+        self._connected.set()
+        if self._outage_since is not None:
+            self.log.info(
+                "hot swap reconnected to Redis",
+                outage_s=round(time.monotonic() - self._outage_since, 1),
+            )
+            self._outage_since = None
+
+    def _on_event(self, data: Any) -> None:
+        try:
+            event = json.loads(data)
+            line = str(event["line"])
+        except (TypeError, ValueError, KeyError) as exc:
+            self.log.warning("ignored a malformed line event", error=str(exc))
+            return
+        if line not in self.engine.held_lines():
+            return
+        # The event says which version was activated, but events can arrive late or be missed:
+        # the line's current version in Redis is the truth.
+        self._sync_line(line)
+
+    def reconcile(self) -> None:
+        """Re-read ``current`` of every held line and swap those that changed."""
+        for line in sorted(self.engine.held_lines()):
+            if self._stop.is_set():
+                return
+            self._sync_line(line)
+        self.reconciles += 1
+
+    def _sync_line(self, line: str) -> None:
+        version = self.store.current(line)
+        held = self.engine.held_lines().get(line)
+        if version is None or held is None or held == version:
+            return
+        self.engine.swap(line, version)  # logs and counts the swap or the refusal
+
+
+def _store_client(store: Any) -> Any:
+    """The Redis client of a ``LineStore`` (public ``client`` if it has one)."""
+    client = getattr(store, "client", None)
+    if client is None:
+        client = getattr(store, "_r", None)
+    if client is None:
+        raise ValueError("HotSwapper needs a Redis client: pass client=... or a LineStore")
+    return client

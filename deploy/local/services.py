@@ -198,6 +198,8 @@ def kafka_answers(port: int, timeout_s: float = 3.0) -> bool:
         from kafka import KafkaAdminClient
     except ImportError as exc:  # the Makefile runs this with the project's venv
         raise ServiceError(f"kafka-python is not installed ({exc}); run `make setup`") from exc
+    if not _port_busy(port):  # nothing listens: no need to wait for a client's timeout
+        return False
     logging.getLogger("kafka").setLevel(logging.CRITICAL)
     ms = int(timeout_s * 1000)
     try:
@@ -224,6 +226,8 @@ def redis_answers(port: int, timeout_s: float = 2.0) -> bool:
     """PING with redis-py."""
     import redis
 
+    if not _port_busy(port):
+        return False
     client = redis.Redis(
         host="127.0.0.1", port=port, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
     )

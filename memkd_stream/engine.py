@@ -14,14 +14,18 @@ result can name the exact version that scored it.
 
 Failures. A line with no active version is ``unknown-line``. A line that exists but cannot be
 loaded now (Redis down, broken artifact, missing teacher weights) is ``line-unavailable``: the
-worker pauses and retries before dead-lettering. A broken artifact offered by a swap is refused
-and remembered (versions are immutable), and the old version keeps serving.
+worker pauses and retries before dead-lettering. While Redis is down, misses fail fast between
+probes (a doubling window up to 10 s) so the decode threads keep serving held lines instead of
+waiting on Redis timeouts. Broken artifact bytes are remembered per version (a published version
+is immutable) and never downloaded again; a broken version offered by a swap is refused and the
+old version keeps serving.
 """
 
 from __future__ import annotations
 
 import io
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +43,9 @@ from memkd_stream.logging import get_logger
 __all__ = ["Engine", "LineUnavailable", "LoadedLine", "UnknownLine", "resolve_device"]
 
 _WRN50 = "wide_resnet50_2"
+# While Redis fails, cache misses fail fast between probes; the window doubles up to the bound.
+_STORE_RETRY_START_S = 1.0
+_STORE_RETRY_MAX_S = 10.0
 
 
 class LineUnavailable(MemkdStreamError):
@@ -120,7 +127,9 @@ class Engine:
         self._teachers: dict[str, Teacher] = {}
         self._teacher_lock = threading.Lock()
         self._line_locks: dict[str, threading.Lock] = {}
-        self._refused: dict[str, set[int]] = {}
+        self._refused: dict[str, dict[int, str]] = {}  # line -> broken version -> why
+        self._store_down_until = 0.0
+        self._store_retry_s = _STORE_RETRY_START_S
 
     # ----------------------------------------------------------------- teachers
     @property
@@ -205,6 +214,37 @@ class Engine:
             line=line, version=version, model=model, teacher=teacher, backbone=backbone
         )
 
+    def _check_store_gate(self, line: str) -> None:
+        """Fail fast while Redis is known to be down (one probe per retry window), so that
+        decode threads do not block on the client's timeouts and retries for every record of
+        a line that is not held, while held lines keep being served."""
+        with self._lock:
+            wait_s = self._store_down_until - time.monotonic()
+        if wait_s > 0:
+            raise LineUnavailable(
+                f"Redis is unavailable, so line {line!r} cannot be loaded now "
+                f"(next attempt in {wait_s:.1f}s)"
+            )
+
+    def _store_failed(self) -> None:
+        with self._lock:
+            self._store_down_until = time.monotonic() + self._store_retry_s
+            self._store_retry_s = min(self._store_retry_s * 2, _STORE_RETRY_MAX_S)
+
+    def _store_ok(self) -> None:
+        with self._lock:
+            self._store_down_until = 0.0
+            self._store_retry_s = _STORE_RETRY_START_S
+
+    def _load_failed(self, line: str, version: int, exc: BaseException) -> None:
+        """Remember why a load failed: Redis down (retry later) or broken bytes (never retry
+        them: a published version is immutable)."""
+        if _is_store_fault(exc):
+            self._store_failed()
+        elif _is_artifact_fault(exc):
+            with self._lock:
+                self._refused.setdefault(line, {})[version] = str(exc)
+
     def get_line(self, line: str) -> LoadedLine:
         """The line's model: a cache hit, else its active version loaded from the store.
 
@@ -222,9 +262,12 @@ class Engine:
                 _call(self.metrics, "cache_hit", line)
                 return loaded
             _call(self.metrics, "cache_miss", line)
+            self._check_store_gate(line)
             try:
                 version = self.store.current(line)
             except Exception as exc:
+                if _is_store_fault(exc):
+                    self._store_failed()
                 raise LineUnavailable(
                     f"cannot read the active version of line {line!r}: {exc}"
                 ) from exc
@@ -234,9 +277,17 @@ class Engine:
                     f"line {line!r} has no active model; publish one with "
                     f"'memkd-stream fit --line {line}' or 'memkd-stream lines publish'",
                 )
+            version = int(version)
+            reason = self._refused.get(line, {}).get(version)
+            if reason is not None:  # known-broken bytes: do not download them again
+                raise LineUnavailable(
+                    f"line {line}@{version} cannot be loaded ({reason}); activate another "
+                    f"version with 'memkd-stream lines activate {line} VERSION'"
+                )
             try:
-                loaded = self._load(line, int(version))
+                loaded = self._load(line, version)
             except Exception as exc:
+                self._load_failed(line, version, exc)
                 self.log.warning(
                     "line model could not be loaded",
                     line=line,
@@ -245,6 +296,7 @@ class Engine:
                     code=getattr(exc, "code", type(exc).__name__),
                 )
                 raise LineUnavailable(f"cannot load line {line}@{version}: {exc}") from exc
+            self._store_ok()
             self._insert(loaded)
             self.log.info(
                 "line model loaded", line=line, version=loaded.version, nbytes=loaded.nbytes
@@ -265,7 +317,7 @@ class Engine:
         held = self.held_lines()
         if line not in held or held[line] == version:
             return False
-        if version in self._refused.get(line, ()):
+        if version in self._refused.get(line, {}):
             return False
         with self._line_lock(line):
             held_now = self.held_lines().get(line)
@@ -274,10 +326,9 @@ class Engine:
             try:
                 loaded = self._load(line, version)
             except Exception as exc:
+                self._load_failed(line, version, exc)
                 if _is_store_fault(exc):
                     raise  # transient: the caller backs off and retries
-                if _is_artifact_fault(exc):  # versions are immutable: never retry these bytes
-                    self._refused.setdefault(line, set()).add(version)
                 self.log.warning(
                     "new line model refused; the old version keeps serving",
                     line=line,
@@ -288,6 +339,7 @@ class Engine:
                 )
                 _call(self.metrics, "swap_failed", line)
                 return False
+            self._store_ok()
             with self._lock:
                 still_held = line in self._cache
             if not still_held:  # evicted while loading: do not grow the cache behind its back

@@ -159,23 +159,47 @@ def test_unknown_line_is_not_unavailable(teachers_built: list[str]) -> None:
     assert exc.value.code == "unknown-line"
 
 
-def test_store_down_makes_a_line_unavailable(teachers_built: list[str]) -> None:
+def test_store_down_makes_a_line_unavailable_and_misses_fail_fast(
+    teachers_built: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(engine_module, "_STORE_RETRY_START_S", 0.2)
     store = FakeStore()
     store.add("A", 1)
     store.down = True
+    calls = 0
+    real_current = store.current
+
+    def counting_current(line: str) -> int | None:
+        nonlocal calls
+        calls += 1
+        return real_current(line)
+
+    store.current = counting_current  # type: ignore[method-assign]
     engine = _engine(store)
     with pytest.raises(LineUnavailable) as exc:
         engine.get_line("A")
     assert exc.value.code == "line-unavailable"
+    # Within the retry window a miss does not wait on Redis again (decode threads stay free).
+    with pytest.raises(LineUnavailable, match="next attempt"):
+        engine.get_line("A")
+    assert calls == 1
     store.down = False
-    assert engine.get_line("A").version == 1  # nothing is remembered: it loads once Redis is back
+    time.sleep(0.25)
+    assert engine.get_line("A").version == 1  # loads once Redis is back
+    assert calls == 2
 
 
 def test_broken_active_artifact_makes_the_line_unavailable(teachers_built: list[str]) -> None:
     store = FakeStore()
     store.add("A", 1, tag=b"broken")
+    engine = _engine(store)
     with pytest.raises(LineUnavailable, match="A@1"):
-        _engine(store).get_line("A")
+        engine.get_line("A")
+    with pytest.raises(LineUnavailable, match="activate another version"):
+        engine.get_line("A")
+    assert store.fetches == 1  # known-broken bytes are not downloaded for every record
+    store.add("A", 2)  # the operator activates a good version
+    assert engine.get_line("A").version == 2
 
 
 def test_held_lines_keep_serving_while_the_store_is_down(teachers_built: list[str]) -> None:

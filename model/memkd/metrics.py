@@ -91,7 +91,7 @@ def aupro(masks: Any, maps: Any, fpr_limit: float = 0.3) -> float:
     if m.all() or not m.any():
         return float("nan")
     fpr, pro = pro_curve(m, a)
-    return _area_up_to(fpr, pro, fpr_limit) / fpr_limit
+    return float(_area_up_to(fpr, pro, fpr_limit) / fpr_limit)
 
 
 def _area_up_to(x: np.ndarray, y: np.ndarray, x_max: float) -> float:

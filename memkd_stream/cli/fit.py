@@ -1,0 +1,296 @@
+"""``memkd-stream fit``: train a line on good images, calibrate, save, publish, activate.
+
+The order is chosen so that failures are cheap: the line id, the dataset and Redis are checked
+before any training (a down Redis fails in seconds, not after an hour of GPU time); the artifact
+file is written before publishing, so a failed publish never loses a trained model (``lines
+publish LINE FILE`` uploads it later).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from memkd_stream.cli.inputs import (
+    BACKBONES,
+    DatasetError,
+    DatasetInput,
+    check_readable,
+    load_teacher_for,
+    parse_roi,
+    resolve_dataset,
+    torch_device,
+)
+from memkd_stream.cli.main import Context, line_arg
+from memkd_stream.cli.output import Output
+
+__all__ = ["register"]
+
+MIN_TRAIN_IMAGES = 8
+SHOWN_UNREADABLE = 20
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "fit",
+        help="train a line model on good images, publish it to Redis and activate it",
+        description=__doc__,
+    )
+    p.add_argument("--line", type=line_arg, required=True, help="line id, e.g. A or press-3")
+    p.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="a folder of good images, or an MVTec-layout category (train/good; test/ is "
+        "then used for the report's metrics)",
+    )
+    p.add_argument(
+        "--backbone", choices=BACKBONES, help="teacher (default: settings model.backbone)"
+    )
+    p.add_argument(
+        "--teacher-weights",
+        type=Path,
+        metavar="FILE",
+        help="teacher weight file (WRN50: torchvision V1; default: settings / lite0's package)",
+    )
+    p.add_argument("--roi", type=parse_roi, metavar="X,Y,W,H", help="crop box in image pixels")
+    schedule = p.add_mutually_exclusive_group()
+    schedule.add_argument("--steps", type=_positive, metavar="N", help="optimiser steps")
+    schedule.add_argument("--epochs", type=_positive, metavar="N", help="passes over the images")
+    p.add_argument("--batch-size", type=_positive, default=16, metavar="N", help="default 16")
+    p.add_argument("--input-size", type=_positive, default=256, metavar="PX", help="default 256")
+    p.add_argument("--seed", type=int, default=0, help="default 0")
+    p.add_argument("--device", help="cpu, cuda, cuda:N (default: settings model.device)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        metavar="FILE",
+        help="artifact path (default ./<line>-<UTC time>.safetensors)",
+    )
+    p.add_argument(
+        "--dtype", choices=("fp32", "fp16", "bf16"), default="fp32", help="weights dtype"
+    )
+    p.add_argument(
+        "--no-activate", action="store_true", help="publish but keep the current version"
+    )
+    p.add_argument("--no-publish", action="store_true", help="only write the artifact file")
+    p.add_argument(
+        "--min-images",
+        type=_positive,
+        default=MIN_TRAIN_IMAGES,
+        metavar="N",
+        help=f"fewest readable good images to train on (default {MIN_TRAIN_IMAGES})",
+    )
+    p.set_defaults(handler=_fit)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+    return value
+
+
+def _fit(ctx: Context) -> int:
+    args, out, settings = ctx.args, ctx.out, ctx.settings
+    store = None
+    if not args.no_publish:
+        store = ctx.store()
+        store.lines()  # Redis down -> StoreUnavailable now, before any training
+    dataset = _readable_dataset(args.data, args.roi, args.min_images, out)
+
+    from memkd.config import ModelConfig, TrainConfig
+    from memkd.train import fit
+
+    backbone = args.backbone or settings.model.backbone
+    device = torch_device(settings, args.device)
+    out.note(f"loading teacher {backbone} on {device}")
+    teacher = load_teacher_for(backbone, args.teacher_weights, settings, device)
+    model_config = ModelConfig(backbone=backbone, input_size=args.input_size)
+    train_config = TrainConfig(
+        steps=args.steps,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        device=device,
+    )
+    out.note(
+        f"training line {args.line} on {len(dataset.train)} good images from {dataset.root} "
+        f"({train_config.total_steps(len(dataset.train))} steps at most, seed {args.seed})"
+    )
+    started = time.perf_counter()
+    with _Progress(out) as progress:
+        result = fit(dataset.train, model_config, train_config, teacher, progress, roi=args.roi)
+    model = result.model
+    metrics: dict[str, Any] = {}
+    if dataset.has_labels:
+        out.note(f"evaluating on {len(dataset.category.test)} test images of {dataset.root}")
+        from memkd_stream.cli.scoring import category_metrics, score_category
+
+        scored = score_category(model, teacher, dataset.category, args.batch_size)
+        metrics = category_metrics(scored, model.threshold)
+        model.provenance["metrics"] = metrics
+        model.provenance["eval_data"] = str(dataset.root)
+    elapsed = time.perf_counter() - started
+
+    path = args.out or Path(f"{args.line}-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.safetensors")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sha256 = model.save(path, dtype=args.dtype)
+
+    version = None
+    if store is not None:
+        out.note(f"publishing {path} to Redis at {store.location}")
+        version = store.publish(args.line, path, activate=not args.no_activate, who=ctx.who)
+
+    calibration = model.calibration.to_dict()
+    data = {
+        "line": args.line,
+        "version": version,
+        "active": version is not None and not args.no_activate,
+        "artifact": str(path),
+        "sha256": sha256,
+        "backbone": backbone,
+        "device": device,
+        "dataset": {
+            "root": str(dataset.root),
+            "kind": dataset.kind,
+            "n_train_images": len(dataset.train),
+            "unreadable": [{"path": str(u.path), "reason": u.reason} for u in dataset.unreadable],
+        },
+        "training": {
+            "seconds": result.report.get("train_seconds"),
+            "total_seconds": round(elapsed, 2),
+            "steps": result.report.get("steps"),
+            "n_train": result.report.get("n_train"),
+            "n_holdout": result.report.get("n_holdout"),
+            "final_losses": result.report.get("final_losses"),
+        },
+        "normal_scores": {k: calibration.get(k) for k in ("n", "mean", "std", "quantile", "max")},
+        "threshold": calibration.get("threshold"),
+        "threshold_rule": calibration.get("rule"),
+        "metrics": metrics,
+    }
+    out.result(data, lambda console: _print_report(console, data))
+    return 0
+
+
+def _readable_dataset(root: Path, roi: Any, min_images: int, out: Output) -> DatasetInput:
+    dataset = resolve_dataset(root)
+    good, bad = check_readable(dataset.train, roi)
+    dataset.train, dataset.unreadable = good, bad
+    if bad:
+        out.warn(f"skipping {len(bad)} unusable image(s) of {root}:")
+        for item in bad[:SHOWN_UNREADABLE]:
+            out.note(f"  {item.path}: {item.reason}")
+        if len(bad) > SHOWN_UNREADABLE:
+            out.note(f"  ... and {len(bad) - SHOWN_UNREADABLE} more (see --json)")
+    if len(good) < min_images:
+        where = f"{root}/train/good" if dataset.kind == "mvtec" else str(root)
+        raise DatasetError(
+            f"only {len(good)} usable good image(s) in {where} ({len(bad)} unusable); "
+            f"need at least {min_images} to train and calibrate a line"
+        )
+    return dataset
+
+
+def _print_report(console: Console, data: dict[str, Any]) -> None:
+    training, scores = data["training"], data["normal_scores"]
+    if data["version"] is None:
+        where = "not published (--no-publish)"
+    elif data["active"]:
+        where = f"published as {data['line']}@{data['version']} and activated"
+    else:
+        where = f"published as {data['line']}@{data['version']} (not activated)"
+    console.print(f"line {data['line']}: {where}")
+    rows = [
+        ("artifact", f"{data['artifact']} (sha256 {data['sha256'][:12]})"),
+        ("backbone / device", f"{data['backbone']} / {data['device']}"),
+        (
+            "images",
+            f"{data['dataset']['n_train_images']} good ({training['n_train']} train, "
+            f"{training['n_holdout']} held out for calibration), "
+            f"{len(data['dataset']['unreadable'])} skipped",
+        ),
+        ("training", f"{training['steps']} steps in {training['seconds']} s"),
+        ("final losses", _fmt_map(training["final_losses"])),
+        (
+            "normal scores",
+            f"mean {_g(scores['mean'])}  std {_g(scores['std'])}  "
+            f"q {_g(scores['quantile'])}  max {_g(scores['max'])}  (n={scores['n']})",
+        ),
+        ("threshold", f"{_g(data['threshold'])} ({data['threshold_rule']})"),
+    ]
+    metrics = data["metrics"]
+    if metrics:
+        aucs = {k: metrics.get(k) for k in ("image_auroc", "pixel_auroc", "aupro")}
+        rows.append(("test metrics", _fmt_map(aucs)))
+        rows.append(
+            (
+                "at threshold",
+                f"TP {metrics['true_positives']}  FP {metrics['false_positives']}  "
+                f"FN {metrics['false_negatives']}  TN {metrics['true_negatives']}",
+            )
+        )
+    console.print(Output.table(["", ""], rows))
+
+
+def _g(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, int | float) else str(value)
+
+
+def _fmt_map(values: dict[str, Any] | None) -> str:
+    return "  ".join(f"{k} {_g(v)}" for k, v in (values or {}).items()) or "-"
+
+
+class _Progress:
+    """A rich progress bar on a terminal; a note every ~10% otherwise."""
+
+    def __init__(self, out: Output) -> None:
+        self._out = out
+        self._bar: Any = None
+        self._task: Any = None
+        self._last_note = 0
+
+    def __enter__(self) -> _Progress:
+        if self._out.interactive:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self._bar = Progress(
+                TextColumn("training"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]}"),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                console=self._out.err_console,
+                transient=True,
+            )
+            self._bar.__enter__()
+        return self
+
+    def __call__(self, step: int, total: int, losses: dict[str, float]) -> None:
+        loss = f"{losses.get('loss', float('nan')):.4f}"
+        if self._bar is not None:
+            if self._task is None:
+                self._task = self._bar.add_task("fit", total=total, loss=loss)
+            self._bar.update(self._task, completed=step, loss=loss)
+        elif step == total or step - self._last_note >= max(total // 10, 1):
+            self._last_note = step
+            self._out.note(f"step {step}/{total} loss {loss}")
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(*exc)

@@ -1,0 +1,149 @@
+"""What ``fit`` and ``eval`` read: image folders, MVTec-layout categories, teachers.
+
+A dataset folder is either an MVTec-layout category (``train/good``, ``test/<defect>``,
+``ground_truth``) or a plain folder of good images. Files that cannot be decoded are listed and
+skipped, so one corrupt image from a camera does not stop a retrain; too few readable images is an
+error that names the folder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from memkd_stream.errors import MemkdStreamError
+
+if TYPE_CHECKING:
+    from memkd.backbones import Teacher
+
+    from memkd_stream.settings import Settings
+
+__all__ = [
+    "BACKBONES",
+    "DatasetError",
+    "DatasetInput",
+    "Unreadable",
+    "check_readable",
+    "load_teacher_for",
+    "parse_roi",
+    "resolve_dataset",
+    "torch_device",
+]
+
+# Listed here (not imported from memkd) so that ``--help`` never imports torch.
+BACKBONES = ("tf_efficientnet_lite0", "wide_resnet50_2")
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+class DatasetError(MemkdStreamError):
+    """A dataset folder that is missing, empty, or has too few readable images."""
+
+    code = "dataset-invalid"
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """A file skipped because it cannot be used, and why."""
+
+    path: Path
+    reason: str
+
+
+@dataclass
+class DatasetInput:
+    """Good training images, plus the labelled test split when the folder is a category."""
+
+    root: Path
+    kind: str  # "mvtec" | "folder"
+    train: list[Path]
+    category: Any = None  # memkd.datasets.Category for "mvtec"
+    unreadable: list[Unreadable] = field(default_factory=list)
+
+    @property
+    def has_labels(self) -> bool:
+        return self.category is not None and bool(self.category.test)
+
+
+def parse_roi(text: str) -> tuple[int, int, int, int]:
+    """``"X,Y,W,H"`` -> a crop box in pixels (argparse type)."""
+    import argparse
+
+    try:
+        x, y, w, h = (int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--roi {text!r}: expected four integers X,Y,W,H (pixels), e.g. 100,50,800,600"
+        ) from None
+    if x < 0 or y < 0 or w <= 0 or h <= 0:
+        raise argparse.ArgumentTypeError(f"--roi {text!r}: X,Y must be >= 0 and W,H > 0")
+    return x, y, w, h
+
+
+def resolve_dataset(root: Path) -> DatasetInput:
+    """Classify ``root`` and list its images (nothing decoded yet)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"dataset folder {root} does not exist or is not a folder")
+    if (root / "train" / "good").is_dir():
+        from memkd.datasets import read_mvtec_category
+
+        category = read_mvtec_category(root)
+        return DatasetInput(root, "mvtec", [Path(p) for p in category.train], category)
+    from memkd.datasets import list_images
+
+    images = [Path(p) for p in list_images(root)]
+    if not images:
+        raise DatasetError(
+            f"no images in {root} (expected PNG/JPEG/BMP/TIFF files, or an MVTec-layout "
+            "category with train/good)"
+        )
+    return DatasetInput(root, "folder", images)
+
+
+def check_readable(
+    paths: list[Path], roi: tuple[int, int, int, int] | None = None
+) -> tuple[list[Path], list[Unreadable]]:
+    """Split ``paths`` into decodable images (that fit ``roi``) and the rest, with reasons."""
+    from memkd.preprocess import load_image
+
+    good: list[Path] = []
+    bad: list[Unreadable] = []
+    for path in paths:
+        try:
+            img = load_image(path)
+        except Exception as exc:  # PIL raises many types for broken files
+            bad.append(Unreadable(path, f"cannot be decoded ({type(exc).__name__}: {exc})"))
+            continue
+        if roi is not None:
+            x, y, w, h = roi
+            if x + w > img.width or y + h > img.height:
+                bad.append(
+                    Unreadable(
+                        path, f"region {x},{y},{w},{h} does not fit {img.width}x{img.height}"
+                    )
+                )
+                continue
+        good.append(path)
+    return good, bad
+
+
+def torch_device(settings: Settings, override: str | None = None) -> str:
+    """``--device``, else the settings' device; ``auto`` -> CUDA when present."""
+    import torch
+
+    wanted = override or settings.model.device
+    if wanted == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return wanted
+
+
+def load_teacher_for(
+    backbone: str, weights: Path | None, settings: Settings, device: str
+) -> Teacher:
+    """The frozen teacher of ``backbone``; WRN50 weights default to the settings' file."""
+    from memkd.backbones import load_teacher
+
+    if weights is None and backbone == "wide_resnet50_2":
+        weights = settings.model.wrn50_weights
+    return load_teacher(backbone, weights, device=device)

@@ -1,0 +1,212 @@
+"""Parser and dispatch of ``memkd-stream``: global options, sub-commands, exit codes.
+
+Exit codes: 0 done, 1 the command failed (an expected error: one line on stderr, no traceback),
+2 usage error (bad arguments or settings), 130 interrupted.
+
+Sub-command modules expose ``register(subparsers)`` and set ``handler`` on their parsers:
+``handler(ctx: Context) -> int``. Heavy imports (torch, memkd) happen inside handlers only, so
+``--help`` stays fast. The Kafka commands come from ``memkd_stream.cli.stream`` when installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import getpass
+import importlib
+import socket
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from memkd_stream.cli.output import Output
+from memkd_stream.errors import MemkdStreamError
+from memkd_stream.line_id import validate_line_id
+
+if TYPE_CHECKING:
+    from memkd_stream.line_store import LineStore
+    from memkd_stream.settings import Settings
+
+__all__ = ["CommandParser", "Context", "UsageError", "build_parser", "line_arg", "main"]
+
+PROG = "memkd-stream"
+_COMMAND_MODULES = ("data", "fit", "eval", "lines")
+_OPTIONAL_MODULES = ("stream",)  # WORKER's produce / results / topics
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+EPILOG = """\
+examples:
+  memkd-stream data synth --out data/synth --category grass
+  memkd-stream fit --line A --data data/synth/grass --steps 200
+  memkd-stream lines show A
+  memkd-stream eval --line A --data data/synth/grass --out eval-A
+  memkd-stream lines rollback A
+
+settings come from MEMKD_* environment variables (e.g. MEMKD_REDIS__URL) and --config FILE.
+"""
+
+
+@functools.cache
+def _common_options() -> argparse.ArgumentParser:
+    """Options accepted before or after any sub-command (defaults applied in ``main``)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    group = parser.add_argument_group("global options")
+    group.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        default=argparse.SUPPRESS,
+        help="TOML settings file (MEMKD_* environment variables win over it)",
+    )
+    group.add_argument(
+        "--json",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="print the result as one JSON document (for scripts)",
+    )
+    group.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        default=argparse.SUPPRESS,
+        help="log level (default: the settings' log.level)",
+    )
+    return parser
+
+
+class UsageError(MemkdStreamError):
+    """Arguments that parse but do not go together (exit 2, like argparse's own errors)."""
+
+    code = "usage"
+
+
+class CommandParser(argparse.ArgumentParser):
+    """An ArgumentParser that also accepts the global options (so ``lines list --json`` works)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        parents = list(kwargs.pop("parents", []))
+        if _common_options() not in parents:
+            parents.append(_common_options())
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(*args, parents=parents, **kwargs)
+
+
+def line_arg(text: str) -> str:
+    """argparse type for a line id (a bad one is a usage error, exit 2)."""
+    try:
+        return validate_line_id(text)
+    except MemkdStreamError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+class Context:
+    """What a handler gets: parsed args, settings, output, and the line store on demand."""
+
+    def __init__(self, args: argparse.Namespace, settings: Settings, out: Output) -> None:
+        self.args = args
+        self.settings = settings
+        self.out = out
+        self._store: LineStore | None = None
+
+    @property
+    def who(self) -> str:
+        """Who acts, for the activation history: ``user@host``."""
+        try:
+            user = getpass.getuser()
+        except Exception:  # no user name in some containers
+            user = "unknown"
+        return f"{user}@{socket.gethostname()}"
+
+    def store(self) -> LineStore:
+        """The LineStore of the settings (created on first use)."""
+        if self._store is None:
+            from memkd_stream.line_store import LineStore
+
+            self._store = LineStore.from_settings(self.settings.redis)
+        return self._store
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full ``memkd-stream`` parser with every available sub-command."""
+    parser = CommandParser(
+        prog=PROG,
+        description="Train, evaluate and manage MemKD line models; talk to the inspection stream.",
+        epilog=EPILOG,
+    )
+    subparsers = parser.add_subparsers(
+        dest="command", metavar="COMMAND", required=True, parser_class=CommandParser
+    )
+    for name in _COMMAND_MODULES:
+        importlib.import_module(f"memkd_stream.cli.{name}").register(subparsers)
+    for name in _OPTIONAL_MODULES:
+        module_name = f"memkd_stream.cli.{name}"
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            continue
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``memkd-stream`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2)
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    out = Output(json_mode=getattr(args, "json", False))
+    try:
+        settings = _load_settings(getattr(args, "config", None), getattr(args, "log_level", None))
+    except MemkdStreamError as exc:
+        out.error(exc.code, str(exc))
+        return 2
+    handler: Callable[..., int | None] = args.handler
+    try:
+        return int(handler(Context(args, settings, out)) or 0)
+    except KeyboardInterrupt:
+        out.error("interrupted", "interrupted")
+        return 130
+    except UsageError as exc:
+        out.error(exc.code, str(exc))
+        return 2
+    except MemkdStreamError as exc:
+        out.error(exc.code, str(exc))
+        return 1
+    except Exception as exc:
+        code = _expected_error_code(exc)
+        if code is None:
+            raise
+        out.error(code, _describe(exc))
+        return 1
+
+
+def _load_settings(config: Path | None, log_level: str | None) -> Settings:
+    from memkd_stream.logging import configure_logging
+    from memkd_stream.settings import load_settings
+
+    settings = load_settings(config)
+    log_settings = settings.log
+    if log_level is not None:
+        log_settings = log_settings.model_copy(update={"level": log_level})
+    configure_logging(log_settings)
+    return settings
+
+
+def _expected_error_code(exc: BaseException) -> str | None:
+    """The code of an error a user can act on (memkd's errors, file errors), else None (a bug)."""
+    memkd_errors = sys.modules.get("memkd.errors")
+    if memkd_errors is not None and isinstance(exc, memkd_errors.MemKDError):
+        return str(exc.code)
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return "file-error"
+    return None
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return f"{exc.filename}: {exc.strerror or exc}"
+    return str(exc)

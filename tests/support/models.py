@@ -1,0 +1,66 @@
+"""Tiny trained line artifacts for tests that need a real model (worker, LineStore, CLI).
+
+A real fit (lite0 teacher, synthetic grass, a few steps, 64 px input) is seconds of CPU and gives
+an artifact that loads, scores and round-trips exactly like a production one. Callers cache it
+per session in their fixtures; this module also reuses a file already written for the same
+parameters in ``out_dir``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+__all__ = ["tiny_artifact"]
+
+
+def tiny_artifact(
+    out_dir: Path,
+    category: str = "grass",
+    steps: int = 30,
+    seed: int = 0,
+    *,
+    input_size: int = 64,
+    n_train: int = 16,
+    teacher: Any = None,
+) -> Path:
+    """Train a lite0 line model on a synthetic category and save it; return the artifact path.
+
+    The artifact (and its ``.sha256`` sidecar) is ``out_dir/tiny-<category>-...safetensors``;
+    the generated images stay in ``out_dir/data-...``. ``teacher`` may pass an already loaded
+    lite0 teacher to save its load time.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tag = f"{category}-s{steps}-seed{seed}-px{input_size}-n{n_train}"
+    path = out_dir / f"tiny-{tag}.safetensors"
+    if path.is_file() and path.with_name(path.name + ".sha256").is_file():
+        return path
+
+    from memkd.backbones import load_teacher
+    from memkd.config import ModelConfig, TrainConfig
+    from memkd.datasets import read_mvtec_category, synth_dataset
+    from memkd.train import fit
+
+    data = out_dir / f"data-{tag}"
+    if not (data / category / "train" / "good").is_dir():
+        synth_dataset(
+            data,
+            categories=(category,),
+            seed=seed,
+            n_train=n_train,
+            n_test_good=0,
+            n_test_bad=0,
+            size=max(2 * input_size, 64),
+            overwrite=True,
+        )
+    images = read_mvtec_category(data / category).train
+    teacher = teacher if teacher is not None else load_teacher("tf_efficientnet_lite0")
+    result = fit(
+        images,
+        ModelConfig(input_size=input_size),
+        TrainConfig(steps=steps, batch_size=8, seed=seed, device="cpu"),
+        teacher,
+    )
+    result.model.save(path)
+    return path

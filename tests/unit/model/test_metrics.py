@@ -49,6 +49,12 @@ def test_pixel_auroc_equals_sklearn_over_all_pixels() -> None:
         want
     )
     assert pixel_auroc(list(masks), list(maps)) == pytest.approx(want)
+    # Ties between normal and anomalous pixels count half, as in scikit-learn.
+    tied = np.round(maps, 1)
+    assert pixel_auroc(masks, tied) == pytest.approx(roc_auc_score(masks.ravel(), tied.ravel()))
+    assert pixel_auroc(masks, tied.astype(np.float16)) == pytest.approx(
+        roc_auc_score(masks.ravel(), tied.astype(np.float16).ravel())
+    )
 
 
 def test_aupro_of_a_perfect_map_is_one() -> None:

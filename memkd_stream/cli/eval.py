@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from rich.console import Console
 
+from memkd_stream.cli.fit import at_threshold_text
 from memkd_stream.cli.inputs import load_teacher_for, resolve_dataset, torch_device
 from memkd_stream.cli.main import Context, UsageError, line_arg
 from memkd_stream.cli.output import Output
@@ -73,12 +74,13 @@ def _eval(ctx: Context) -> int:
 
     if dataset.kind == "mvtec":
         out.note(f"scoring {len(dataset.category.test)} test images of {dataset.root}")
-        scored = scoring.score_category(model, teacher, dataset.category, args.batch_size)
-        metrics = scoring.category_metrics(scored, threshold)
+        scored, evaluation = scoring.evaluate_category(
+            model, teacher, dataset.category, args.batch_size, keep_maps=True
+        )
     else:
         out.note(f"scoring {len(dataset.train)} images of {dataset.root}")
         scored = scoring.score_paths(model, teacher, dataset.train, args.batch_size)
-        metrics = {}
+        evaluation = {}
     for item in scored.skipped:
         out.warn(f"skipped {item.path}: {item.reason}")
 
@@ -95,7 +97,8 @@ def _eval(ctx: Context) -> int:
         "n_images": len(scored.paths),
         "n_anomalous": anomalous,
         "n_skipped": len(scored.skipped),
-        "metrics": metrics,
+        "metrics": evaluation.get("metrics", {}),
+        "evaluation": evaluation,
         "score_stats": _stats(scored.scores),
         "out": str(folder),
         "files": files,
@@ -222,18 +225,17 @@ def _print(console: Console, data: dict[str, Any]) -> None:
         f"{data['model']} on {data['data']}: {data['n_images']} images, "
         f"{data['n_anomalous']} at or above the threshold {data['threshold']:.4g}"
     )
-    metrics = data["metrics"]
-    if metrics:
-        rows = [
-            (name, "n/a" if metrics[name] is None else f"{metrics[name]:.4f}")
-            for name in ("image_auroc", "pixel_auroc", "aupro")
-        ]
-        rows.append(
-            (
-                "at threshold",
-                f"TP {metrics['true_positives']}  FP {metrics['false_positives']}  "
-                f"FN {metrics['false_negatives']}  TN {metrics['true_negatives']}",
+    evaluation = data["evaluation"]
+    if evaluation:
+        rows = [(name, "all", _metric(value)) for name, value in evaluation["metrics"].items()]
+        for defect, values in evaluation.get("per_defect", {}).items():
+            rows.append(
+                ("image_auroc", f"{defect} (n={values['n']:.0f})", _metric(values["image_auroc"]))
             )
-        )
-        console.print(Output.table(["METRIC", "VALUE"], rows))
-    console.print(f"wrote report.json, scores.csv, figures to {data['out']}")
+        rows.append(("at threshold", "", at_threshold_text(evaluation.get("at_threshold") or {})))
+        console.print(Output.table(["METRIC", "IMAGES", "VALUE"], rows))
+    console.print(f"wrote report.json, scores.csv and figures to {data['out']}")
+
+
+def _metric(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"

@@ -128,15 +128,17 @@ def _fit(ctx: Context) -> int:
     with _Progress(out) as progress:
         result = fit(dataset.train, model_config, train_config, teacher, progress, roi=args.roi)
     model = result.model
-    metrics: dict[str, Any] = {}
+    evaluation: dict[str, Any] = {}
     if dataset.has_labels:
         out.note(f"evaluating on {len(dataset.category.test)} test images of {dataset.root}")
-        from memkd_stream.cli.scoring import category_metrics, score_category
+        from memkd_stream.cli.scoring import evaluate_category
 
-        scored = score_category(model, teacher, dataset.category, args.batch_size)
-        metrics = category_metrics(scored, model.threshold)
-        model.provenance["metrics"] = metrics
-        model.provenance["eval_data"] = str(dataset.root)
+        scored, evaluation = evaluate_category(model, teacher, dataset.category, args.batch_size)
+        for item in scored.skipped:
+            out.warn(f"test image skipped: {item.path}: {item.reason}")
+        # Stored with the model, so `lines show` can compare versions on the same test set.
+        model.provenance["metrics"] = evaluation["metrics"]
+        model.provenance["evaluation"] = evaluation | {"data": str(dataset.root)}
     elapsed = time.perf_counter() - started
 
     path = args.out or Path(f"{args.line}-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.safetensors")
@@ -174,7 +176,8 @@ def _fit(ctx: Context) -> int:
         "normal_scores": {k: calibration.get(k) for k in ("n", "mean", "std", "quantile", "max")},
         "threshold": calibration.get("threshold"),
         "threshold_rule": calibration.get("rule"),
-        "metrics": metrics,
+        "metrics": evaluation.get("metrics", {}),
+        "evaluation": evaluation,
     }
     out.result(data, lambda console: _print_report(console, data))
     return 0
@@ -226,18 +229,31 @@ def _print_report(console: Console, data: dict[str, Any]) -> None:
         ),
         ("threshold", f"{_g(data['threshold'])} ({data['threshold_rule']})"),
     ]
-    metrics = data["metrics"]
-    if metrics:
-        aucs = {k: metrics.get(k) for k in ("image_auroc", "pixel_auroc", "aupro")}
-        rows.append(("test metrics", _fmt_map(aucs)))
+    evaluation = data["evaluation"]
+    if evaluation:
         rows.append(
             (
-                "at threshold",
-                f"TP {metrics['true_positives']}  FP {metrics['false_positives']}  "
-                f"FN {metrics['false_negatives']}  TN {metrics['true_negatives']}",
+                "test metrics",
+                f"{_fmt_map(evaluation['metrics'])}  "
+                f"({evaluation['n_good']} good, {evaluation['n_bad']} defective)",
             )
         )
+        rows.append(("at threshold", at_threshold_text(evaluation.get("at_threshold") or {})))
     console.print(Output.table(["", ""], rows))
+
+
+def at_threshold_text(at: dict[str, Any]) -> str:
+    """``flagged_bad``/``false_alarms`` shares as a sentence."""
+    if not at:
+        return "-"
+
+    def pct(v: Any) -> str:
+        return "n/a" if v is None else f"{100 * v:.1f}%"
+
+    return (
+        f"{pct(at.get('flagged_bad'))} of defective images flagged, "
+        f"{pct(at.get('false_alarms'))} of good images falsely flagged"
+    )
 
 
 def _g(value: Any) -> str:

@@ -1,9 +1,9 @@
-"""Score image files with a line model, the way the worker does, and compute test metrics.
+"""Score image files with a line model, the way the worker does; evaluate labelled categories.
 
 Preprocessing is ``memkd.preprocess`` (the one function fit, eval and the worker share), so a
-score here equals the score the worker reports for the same image. Metrics are ``memkd.metrics``
-(image AUROC, pixel AUROC, AUPRO up to FPR 0.3) over the maps at the model's resolution on the
-line's region of interest; ground-truth masks are cropped and resized the same way.
+score here equals the score the worker reports for the same image. Labelled categories go through
+``memkd.evaluate`` (image AUROC, pixel AUROC, AUPRO up to FPR 0.3) after unreadable test images
+are listed and left out, so one broken file does not stop an evaluation.
 """
 
 from __future__ import annotations
@@ -14,15 +14,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from memkd_stream.cli.inputs import Unreadable
+from memkd_stream.cli.inputs import DatasetError, Unreadable, check_readable
 
 if TYPE_CHECKING:
     from memkd.backbones import Teacher
-    from memkd.datasets import Category
+    from memkd.datasets import Category, TestItem
     from memkd.line_model import LineModel
     from PIL import Image
 
-__all__ = ["Scored", "category_metrics", "model_view", "score_category", "score_paths"]
+__all__ = ["Scored", "evaluate_category", "ground_truth", "model_view", "score_paths"]
 
 
 @dataclass
@@ -93,56 +93,62 @@ def score_paths(
     )
 
 
-def _mask(path: Path | None, model: LineModel) -> np.ndarray:
+def ground_truth(item: TestItem, model: LineModel) -> np.ndarray:
+    """The item's mask over the model's map: aligned to the image, ROI-cropped, nearest-resized
+    (the rule of ``memkd.evaluate``, so figures show what the metrics counted)."""
     from PIL import Image
 
     size = model.input_size
-    if path is None:
+    if item.label == 0 or item.mask_path is None:
         return np.zeros((size, size), dtype=bool)
-    img = Image.open(path).convert("L")
+    mask = Image.open(item.mask_path).convert("L")
+    with Image.open(item.path) as img:
+        image_size = img.size
+    if mask.size != image_size:
+        mask = mask.resize(image_size, Image.Resampling.NEAREST)
     if model.roi is not None:
         x, y, w, h = model.roi
-        img = img.crop((x, y, x + w, y + h))
-    return np.asarray(img.resize((size, size), Image.Resampling.NEAREST)) > 127
+        mask = mask.crop((x, y, x + w, y + h))
+    return np.asarray(mask.resize((size, size), Image.Resampling.NEAREST)) > 0
 
 
-def score_category(
-    model: LineModel, teacher: Teacher, category: Category, batch_size: int = 16
-) -> Scored:
-    """Score an MVTec-layout category's test split, with labels and ground-truth masks."""
+def evaluate_category(
+    model: LineModel,
+    teacher: Teacher,
+    category: Category,
+    batch_size: int = 16,
+    *,
+    keep_maps: bool = False,
+) -> tuple[Scored, dict[str, Any]]:
+    """``memkd.evaluate`` on the readable test images; returns per-image results and the report.
+
+    The report is ``EvalReport.to_dict(with_images=False)``: metrics (image_auroc, pixel_auroc,
+    aupro), per_defect, at_threshold (flagged_bad, false_alarms), counts, seconds.
+    """
+    import dataclasses
+
+    from memkd.evaluate import evaluate
+
     items = {Path(item.path): item for item in category.test}
-    scored = score_paths(model, teacher, list(items), batch_size)
-    kept = [items[p] for p in scored.paths]
-    scored.labels = np.array([int(item.label) for item in kept], dtype=np.int64)
-    scored.masks = (
-        np.stack([_mask(item.mask_path, model) for item in kept])
-        if kept
-        else np.zeros((0, model.input_size, model.input_size), dtype=bool)
+    readable, skipped = check_readable(list(items), model.roi)
+    kept = [items[p] for p in readable]
+    if not kept:
+        raise DatasetError(f"{category.root}: none of the test images can be read")
+    report = evaluate(
+        model,
+        teacher,
+        dataclasses.replace(category, test=kept),
+        batch_size=batch_size,
+        keep_maps=keep_maps,
     )
-    scored.defects = [item.defect for item in kept]
-    return scored
-
-
-def category_metrics(scored: Scored, threshold: float) -> dict[str, Any]:
-    """Image AUROC, pixel AUROC, AUPRO@0.3 and the confusion counts at the line's threshold."""
-    from memkd.metrics import aupro, image_auroc, pixel_auroc
-
-    labels = scored.labels if scored.labels is not None else np.zeros(0, dtype=np.int64)
-    predicted = scored.scores >= threshold
-    metrics: dict[str, Any] = {
-        "image_auroc": _finite(image_auroc(labels, scored.scores)),
-        "pixel_auroc": _finite(pixel_auroc(scored.masks, scored.maps)),
-        "aupro": _finite(aupro(scored.masks, scored.maps, fpr_limit=0.3)),
-        "n_good": int((labels == 0).sum()),
-        "n_defective": int((labels == 1).sum()),
-        "true_positives": int((predicted & (labels == 1)).sum()),
-        "false_positives": int((predicted & (labels == 0)).sum()),
-        "false_negatives": int((~predicted & (labels == 1)).sum()),
-        "true_negatives": int((~predicted & (labels == 0)).sum()),
-    }
-    return metrics
-
-
-def _finite(value: float) -> float | None:
-    value = float(value)
-    return round(value, 6) if np.isfinite(value) else None
+    size = model.input_size
+    scored = Scored(
+        paths=[Path(r.path) for r in report.records],
+        scores=report.scores,
+        maps=report.maps if report.maps is not None else np.zeros((0, size, size), np.float32),
+        labels=report.labels,
+        masks=np.stack([ground_truth(item, model) for item in kept]) if keep_maps else None,
+        defects=[r.defect for r in report.records],
+        skipped=skipped,
+    )
+    return scored, report.to_dict(with_images=False)

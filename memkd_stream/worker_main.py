@@ -20,6 +20,7 @@ from types import FrameType
 
 __all__ = ["main"]
 
+EXIT_OK = 0
 EXIT_SETTINGS = 2
 # After SIGTERM the worker has drain_grace_s; this much more and the process is ended hard.
 _HARD_EXIT_MARGIN_S = 5.0
@@ -50,6 +51,25 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
 
+    # Signals first: a SIGTERM during start-up (imports, teacher load) is a clean stop too.
+    stop_requested = threading.Event()
+    worker_ref: list = []
+    grace = {"s": 30.0}
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        if stop_requested.is_set():
+            return
+        stop_requested.set()
+        for worker in worker_ref:
+            worker.stop()
+        # Last resort: a drain that cannot finish must not outlive the pod's grace period.
+        timer = threading.Timer(grace["s"] + _HARD_EXIT_MARGIN_S, lambda: os._exit(1))
+        timer.daemon = True
+        timer.start()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
     from memkd_stream.errors import MemkdStreamError
     from memkd_stream.logging import configure_logging, get_logger
     from memkd_stream.settings import load_settings
@@ -67,6 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log_settings = log_settings.model_copy(update={"level": args.log_level})
     configure_logging(log_settings)
     log = get_logger("memkd_stream.worker_main")
+    grace["s"] = float(settings.worker.drain_grace_s)
 
     from memkd_stream.engine import Engine
     from memkd_stream.health import HealthServer, Heartbeats
@@ -89,23 +110,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ).start()
     log.info("metrics and health serving", host=settings.metrics.host, port=server.port)
 
-    stop_requested = threading.Event()
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        if stop_requested.is_set():
-            return
-        stop_requested.set()
-        log.info("stop requested; draining", signal=signal.Signals(signum).name)
+    worker_ref.append(worker)
+    if stop_requested.is_set():
         worker.stop()
-        # Last resort: a drain that cannot finish must not outlive the pod's grace period.
-        timer = threading.Timer(
-            float(settings.worker.drain_grace_s) + _HARD_EXIT_MARGIN_S, lambda: os._exit(1)
-        )
-        timer.daemon = True
-        timer.start()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
 
     try:
         held = engine.preload(list(settings.worker.preload_lines))
@@ -117,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     swapper = HotSwapper(store, engine, settings.worker.refresh_interval_s, metrics=metrics)
     swapper.start()
     try:
-        code = worker.run() if not stop_requested.is_set() else 0
+        code = EXIT_OK if stop_requested.is_set() else worker.run()
     finally:
         swapper.stop()
         server.stop()

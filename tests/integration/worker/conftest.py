@@ -154,6 +154,7 @@ class WorkerEnv:
         proc = subprocess.Popen(
             [str(WORKER_BIN)], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO
         )
+        proc.metrics_port = int(env["MEMKD_METRICS__PORT"])  # type: ignore[attr-defined]
         self.procs.append(proc)
         return proc
 
@@ -164,6 +165,7 @@ class WorkerEnv:
         *,
         line: str | bytes | None = "A",
         headers: list[tuple[str, bytes]] | None = None,
+        partition: int | None = None,
     ) -> None:
         """Send (id, bytes) pairs; a None id sends no memkd-id header."""
         from memkd_stream.kafka_clients import make_producer
@@ -178,7 +180,11 @@ class WorkerEnv:
                 if image_id is not None:
                     hs.append(("memkd-id", image_id.encode()))
                 hs.append(("memkd-sent-at", str(int(time.time() * 1000)).encode()))
-                futures.append(producer.send(self.inspect, key=key, value=value, headers=hs))
+                futures.append(
+                    producer.send(
+                        self.inspect, key=key, value=value, headers=hs, partition=partition
+                    )
+                )
             producer.flush(timeout=30)
             for f in futures:
                 f.get(timeout=5)
@@ -226,6 +232,26 @@ class WorkerEnv:
 
 
 _ENV_LOCK = threading.Lock()
+
+
+def wait_ready(proc: subprocess.Popen, timeout_s: float = 90.0) -> None:
+    """Wait until a spawned worker answers /readyz with 200 (teachers loaded, broker up)."""
+    import urllib.error
+    import urllib.request
+
+    url = f"http://127.0.0.1:{proc.metrics_port}/readyz"  # type: ignore[attr-defined]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"worker exited with {proc.returncode} before it was ready")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as resp:
+                if resp.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.3)
+    raise AssertionError("worker not ready in time")
 
 
 class ThreadWorker:

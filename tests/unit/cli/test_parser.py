@@ -1,0 +1,102 @@
+"""The memkd-stream parser: every command has --help, bad arguments exit 2, --help stays light."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from memkd_stream.cli import main
+from memkd_stream.cli.main import build_parser
+
+COMMANDS = [
+    ["data", "synth"],
+    ["fit"],
+    ["eval"],
+    ["lines"],
+    *[["lines", action] for action in ("list", "show", "history", "activate", "rollback")],
+    *[["lines", action] for action in ("delete", "publish", "export")],
+]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
+def test_every_command_has_help(command, capsys):
+    assert main([*command, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: memkd-stream " + " ".join(command))
+    assert "--json" in out  # global options are accepted after the sub-command too
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["nope"],
+        ["fit", "--data", "d"],  # no --line
+        ["fit", "--line", "bad:id", "--data", "d"],
+        ["fit", "--line", "A", "--data", "d", "--steps", "0"],
+        ["fit", "--line", "A", "--data", "d", "--steps", "5", "--epochs", "1"],
+        ["fit", "--line", "A", "--data", "d", "--roi", "1,2,3"],
+        ["fit", "--line", "A", "--data", "d", "--backbone", "resnet18"],
+        ["eval", "--line", "A", "--artifact", "x.safetensors", "--data", "d"],
+        ["eval", "--data", "d"],
+        ["lines", "activate", "A", "seven"],
+        ["lines", "show", "-bad"],
+        ["--log-level", "LOUD", "lines", "list"],
+    ],
+)
+def test_usage_errors_exit_2(argv, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "usage:" in err or "error:" in err
+    assert "Traceback" not in err
+
+
+def test_arguments_that_only_clash_after_parsing_are_usage_errors(capsys, tmp_path):
+    argv = ["eval", "--artifact", str(tmp_path / "a.safetensors"), "--version", "2"]
+    assert main([*argv, "--data", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "memkd-stream: error: --version needs --line [usage]"
+    )
+
+
+def test_bad_settings_are_one_line_naming_the_variable(monkeypatch, capsys):
+    monkeypatch.setenv("MEMKD_REDIS__CHUNK_BYTES", "lots")
+    assert main(["lines", "list"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert err[0].startswith("memkd-stream: error: MEMKD_REDIS__CHUNK_BYTES")
+    assert err[0].endswith("[settings-invalid]")
+
+
+def test_missing_config_file_is_a_usage_error(tmp_path, capsys):
+    assert main(["--config", str(tmp_path / "none.toml"), "lines", "list"]) == 2
+    assert "no such file" in capsys.readouterr().err
+
+
+def test_global_options_work_before_and_after_the_command():
+    parser = build_parser()
+    before = parser.parse_args(["--json", "--log-level", "debug", "lines", "list"])
+    after = parser.parse_args(["lines", "list", "--json"])
+    assert before.json and before.log_level == "DEBUG"
+    assert after.json and not hasattr(after, "log_level")
+
+
+def test_help_does_not_import_torch():
+    code = (
+        "import sys, contextlib, io\n"
+        "from memkd_stream.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    main(['fit', '--help']); main(['eval', '--help'])\n"
+        "print(json.dumps(sorted(m for m in ('torch', 'memkd', 'timm') if m in sys.modules)))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", "import json\n" + code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert json.loads(done.stdout) == []

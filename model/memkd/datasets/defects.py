@@ -5,7 +5,8 @@ Every painter draws a defect as a *coverage* map (0..1, antialiased geometry) an
 coverage``. The ground-truth mask is ``coverage >= MASK_COVERAGE``: pixels at least a quarter
 covered, so the mask is the changed region up to its antialiased rim (outside it a pixel moves by
 less than a quarter of the defect's contrast). Sizes are given for a 256-pixel image and scale with
-the image; a defect whose mask would be too small to see at that size is drawn again.
+the image; a defect whose mask would be too small to see at that size (under 60 pixels), or too
+faint (mean change inside the mask under 0.06), is drawn again.
 """
 
 from __future__ import annotations

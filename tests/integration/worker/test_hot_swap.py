@@ -1,6 +1,6 @@
 """Hot swap against the real Redis: events, missed events, periodic re-reads, broken artifacts.
 
-A real (tiny) line artifact is published as successive versions of one line; an ``Engine``
+A real (tiny, trained) line artifact is published as successive versions of one line; an ``Engine``
 serves it and a ``HotSwapper`` follows activations. Versions are told apart by their calibrated
 threshold, so each check also proves which model object actually serves.
 """
@@ -17,7 +17,6 @@ import pytest
 import redis
 import torch
 from memkd.line_model import LineModel
-from tests.support.models import tiny_artifact
 
 from memkd_stream import engine as engine_module
 from memkd_stream.engine import Engine
@@ -53,31 +52,35 @@ class RecordingLog:
 
 
 @pytest.fixture(scope="module")
-def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Two valid versions of one tiny model (thresholds 1x and 2x) saved as separate files."""
-    folder = tmp_path_factory.mktemp("hot-swap")
-    v1 = tiny_artifact(folder)
-    model = LineModel.load(v1)
-    assert model.calibration is not None
-    # v2: the same network with another calibration, so the serving object tells them apart
-    model.calibration = dataclasses.replace(
-        model.calibration, threshold=2 * model.calibration.threshold
-    )
-    v2 = folder / "v2.safetensors"
-    model.save(v2)
-    return {"v1": v1, "v2": v2}
+def lite0_teacher() -> Any:
+    return engine_module.load_teacher(LITE0)
 
 
 @pytest.fixture(scope="module")
-def shared_teacher() -> Iterator[None]:
-    """Load the lite0 teacher once for the module (each Engine would load its own)."""
-    cache: dict[str, Any] = {}
-    real = engine_module.load_teacher
+def artifacts(tmp_path_factory: pytest.TempPathFactory, artifact_v1: Path) -> dict[str, Path]:
+    """Two valid versions of one tiny model (thresholds 1x and 2x).
+
+    v1 is the session's tiny trained artifact (``artifact_v1`` of this folder's conftest, from
+    ``tests.support.models.tiny_artifact``); v2 is the same network with another calibration, so
+    the object serving a line tells the versions apart.
+    """
+    model = LineModel.load(artifact_v1)
+    assert model.calibration is not None
+    model.calibration = dataclasses.replace(
+        model.calibration, threshold=2 * model.calibration.threshold
+    )
+    v2 = tmp_path_factory.mktemp("hot-swap") / "v2.safetensors"
+    model.save(v2)
+    return {"v1": artifact_v1, "v2": v2}
+
+
+@pytest.fixture(scope="module")
+def shared_teacher(lite0_teacher: Any) -> Iterator[None]:
+    """Every Engine of this module gets the one lite0 teacher (loading it takes seconds)."""
 
     def cached(name: str, weights: Any = None, device: str = "cpu") -> Any:
-        if name not in cache:
-            cache[name] = real(name, weights, device=device)
-        return cache[name]
+        assert name == LITE0
+        return lite0_teacher
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(engine_module, "load_teacher", cached)
@@ -150,8 +153,8 @@ def test_activation_event_swaps_within_seconds(
     assert new.model.threshold == pytest.approx(2 * old.model.threshold)
     _wait_for(lambda: metrics.named("swap") == [("A", 2)])  # counted just after the swap
     # A batch that took the old version finishes on it: the old object still scores.
-    batch = torch.zeros(1, 3, 256, 256)
-    assert engine.score(old, batch).scores.shape == (1,)
+    size = engine.preprocess_params(old)[0]
+    assert engine.score(old, torch.zeros(1, 3, size, size)).scores.shape == (1,)
 
 
 def test_event_missed_while_stopped_is_picked_up_on_subscribe(
@@ -223,7 +226,8 @@ def test_broken_artifact_is_refused_and_the_old_version_keeps_serving(
 
     assert engine.held_lines() == {"A": 2}
     assert engine.get_line("A") is serving
-    assert engine.score(serving, torch.zeros(1, 3, 256, 256)).scores.isfinite().all()
+    size = engine.preprocess_params(serving)[0]
+    assert engine.score(serving, torch.zeros(1, 3, size, size)).scores.isfinite().all()
     # The periodic re-read sees current=3 again and again but never refetches the broken bytes.
     before = swapper.reconciles
     _wait_for(lambda: swapper.reconciles >= before + 3)

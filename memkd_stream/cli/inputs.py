@@ -104,14 +104,20 @@ def resolve_dataset(root: Path) -> DatasetInput:
 def check_readable(
     paths: list[Path], roi: tuple[int, int, int, int] | None = None
 ) -> tuple[list[Path], list[Unreadable]]:
-    """Split ``paths`` into decodable images (that fit ``roi``) and the rest, with reasons."""
-    from memkd.preprocess import load_image
+    """Split ``paths`` into decodable images (that fit ``roi``) and the rest, with reasons.
+
+    PIL only (no torch), so a bad dataset is reported in a second, before any model loads; the
+    size is taken after EXIF orientation, as ``memkd.preprocess.load_image`` sees it.
+    """
+    from PIL import Image, ImageOps
 
     good: list[Path] = []
     bad: list[Unreadable] = []
     for path in paths:
         try:
-            img = load_image(path)
+            with Image.open(path) as opened:
+                opened.load()
+                img = ImageOps.exif_transpose(opened) or opened
         except Exception as exc:  # PIL raises many types for broken files
             bad.append(Unreadable(path, f"cannot be decoded ({type(exc).__name__}: {exc})"))
             continue

@@ -209,6 +209,11 @@ class LineStore:
         return f"{self._prefix}events"
 
     @property
+    def client(self) -> redis.Redis:
+        """The Redis client (the worker's hot swap subscribes to the events channel with it)."""
+        return self._r
+
+    @property
     def location(self) -> str:
         """Where this store's Redis is (no credentials), for messages."""
         return self._location

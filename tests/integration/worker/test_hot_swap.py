@@ -237,8 +237,12 @@ def test_broken_artifact_is_refused_and_the_old_version_keeps_serving(
     _wait_for(lambda: engine.held_lines() == {"A": 1})
 
 
-def test_lines_not_held_are_ignored(
-    store: LineStore, engine: Engine, artifacts: dict[str, Path], start_swapper
+def test_lines_not_held_and_malformed_events_are_ignored(
+    store: LineStore,
+    engine: Engine,
+    artifacts: dict[str, Path],
+    redis_client: redis.Redis,
+    start_swapper,
 ) -> None:
     store.publish("A", artifacts["v1"], who="test")
     engine.get_line("A")
@@ -246,9 +250,13 @@ def test_lines_not_held_are_ignored(
     _wait_for(lambda: swapper.connected)
     store.publish("B", artifacts["v1"], who="test")
     store.publish("B", artifacts["v2"], who="test")
+    redis_client.publish(store.events_channel, b"not json")  # a stray publisher on the channel
     before = swapper.reconciles
     _wait_for(lambda: swapper.reconciles >= before + 2)
     assert engine.held_lines() == {"A": 1}
+    assert swapper.alive and swapper.connected
+    store.publish("A", artifacts["v2"], who="test")  # still following the held line
+    _wait_for(lambda: engine.held_lines() == {"A": 2})
 
 
 class FlakyClient:

@@ -64,8 +64,37 @@ def line_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return cat
 
 
+def _memkd_fingerprint() -> str:
+    """Hash of the model library's sources: a cached artifact is reused only by the same code."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted((REPO / "model" / "memkd").rglob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def _train(line_data: Path, out: Path, seed: int) -> Path:
-    """A tiny lite0 line model (64 px input, a few steps): fast, and real memkd end to end."""
+    """A tiny lite0 line model (64 px input, a few steps), cached under .cache/ per memkd
+    version: training competes for the CPU with everything else the suite runs."""
+    import shutil
+
+    cache = REPO / ".cache" / "worker-test-artifacts" / _memkd_fingerprint()
+    cached = cache / f"line-{seed}.safetensors"
+    if cached.is_file() and cached.with_suffix(".safetensors.sha256").is_file():
+        return cached
+    path = _train_fresh(line_data, out, seed)
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = cache / f".line-{seed}.{os.getpid()}"
+    shutil.copyfile(path, tmp)
+    os.replace(tmp, cached)
+    sidecar = Path(str(path) + ".sha256")
+    if sidecar.is_file():
+        shutil.copyfile(sidecar, str(cached) + ".sha256")
+    return cached
+
+
+def _train_fresh(line_data: Path, out: Path, seed: int) -> Path:
     try:
         from tests.support.models import tiny_artifact  # LINES' shared helper when present
     except ImportError:
@@ -257,14 +286,18 @@ def wait_ready(proc: subprocess.Popen, timeout_s: float = 90.0) -> None:
 class ThreadWorker:
     """A ``Worker`` running in a thread of the test process (fast; no signals)."""
 
-    def __init__(self, worker: Any, thread: threading.Thread, result: dict[str, int]) -> None:
+    def __init__(
+        self, worker: Any, thread: threading.Thread, result: dict[str, int], swapper: Any
+    ) -> None:
         self.worker = worker
         self.thread = thread
         self.result = result
+        self.swapper = swapper
 
     @classmethod
     def start(cls, settings: Any) -> ThreadWorker:
         from memkd_stream.engine import Engine
+        from memkd_stream.hot_swap import HotSwapper
         from memkd_stream.line_store import LineStore
         from memkd_stream.metrics import WorkerMetrics
         from memkd_stream.worker import Worker
@@ -274,16 +307,19 @@ class ThreadWorker:
         engine = Engine(settings.model, settings.worker, store, metrics=metrics)
         engine.preload(list(settings.worker.preload_lines))
         worker = Worker(settings, engine, metrics=metrics)
+        swapper = HotSwapper(store, engine, settings.worker.refresh_interval_s, metrics=metrics)
+        swapper.start()
         result: dict[str, int] = {}
         thread = threading.Thread(
             target=lambda: result.setdefault("code", worker.run()), daemon=True
         )
         thread.start()
-        return cls(worker, thread, result)
+        return cls(worker, thread, result, swapper)
 
     def stop(self, timeout_s: float = 30.0) -> int | None:
         self.worker.stop()
         self.thread.join(timeout_s)
+        self.swapper.stop()
         return self.result.get("code")
 
 

@@ -572,16 +572,17 @@ class LineStore:
         raise UnknownVersion(f"line {line} has no version {version} (stored versions: {listed})")
 
     def _guard(self) -> _RedisGuard:
-        return _RedisGuard(self._location)
+        return _RedisGuard(self._location, self._prefix)
 
 
 class _RedisGuard:
     """Context manager turning redis-py connection/auth errors into StoreUnavailable."""
 
-    __slots__ = ("_location",)
+    __slots__ = ("_location", "_prefix")
 
-    def __init__(self, location: str) -> None:
+    def __init__(self, location: str, prefix: str) -> None:
         self._location = location
+        self._prefix = prefix
 
     def __enter__(self) -> None:
         return None
@@ -591,10 +592,15 @@ class _RedisGuard:
     ) -> bool:
         if exc is None or isinstance(exc, MemkdStreamError):
             return False
-        if isinstance(exc, redis.AuthenticationError | redis.exceptions.NoPermissionError):
+        if isinstance(exc, redis.AuthenticationError):
             raise StoreUnavailable(
-                f"Redis at {self._location} refused our credentials or ACL: {exc} "
+                f"Redis at {self._location} refused our credentials: {exc} "
                 "(check MEMKD_REDIS__USERNAME / MEMKD_REDIS__PASSWORD)",
+            ) from exc
+        if isinstance(exc, redis.exceptions.NoPermissionError):
+            raise StoreUnavailable(
+                f"Redis at {self._location} refused a command by ACL: {exc} (the Redis user "
+                f"needs keys ~{self._prefix}* and channels &{self._prefix}*)",
             ) from exc
         if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
             raise StoreUnavailable(f"Redis at {self._location} is unreachable: {exc}") from exc

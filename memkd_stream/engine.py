@@ -106,7 +106,7 @@ class Engine:
     Args:
         model_settings: ``ModelSettings`` (backbone, wrn50_weights, device).
         worker_settings: ``WorkerSettings`` (cache_max_models, cache_max_bytes).
-        store: a ``LineStore`` (``current``, ``meta``, ``fetch_artifact``, ``lines``).
+        store: a ``LineStore`` (``current``, ``fetch_artifact_to``, ``lines``).
         metrics: optional object with ``cache_hit(line)``, ``cache_miss(line)``,
             ``swap(line, version)``, ``swap_failed(line)``, ``version_served(line, version)``.
     """

@@ -28,6 +28,7 @@ from memkd_stream.cli.inputs import (
 )
 from memkd_stream.cli.main import Context, line_arg
 from memkd_stream.cli.output import Output
+from memkd_stream.errors import MemkdStreamError
 
 __all__ = ["register"]
 
@@ -148,7 +149,15 @@ def _fit(ctx: Context) -> int:
     version = None
     if store is not None:
         out.note(f"publishing {path} to Redis at {store.location}")
-        version = store.publish(args.line, path, activate=not args.no_activate, who=ctx.who)
+        try:
+            version = store.publish(args.line, path, activate=not args.no_activate, who=ctx.who)
+        except MemkdStreamError as exc:
+            # The model is trained and on disk: say how to publish it instead of losing an hour.
+            raise type(exc)(
+                exc.code,
+                f"{exc}; the trained model is saved as {path}: publish it later with "
+                f"`memkd-stream lines publish {args.line} {path}`",
+            ) from exc
 
     calibration = model.calibration.to_dict()
     data = {

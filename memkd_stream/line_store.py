@@ -433,7 +433,9 @@ class LineStore:
                     f"line {line} has no earlier activation to roll back to; "
                     "see `memkd-stream lines history " + line + "`",
                 )
-            if not pipe.exists(self._k(line, "meta", target)):
+            target_meta = self._k(line, "meta", target)
+            pipe.watch(target_meta)  # a concurrent delete of the target retries this
+            if not pipe.exists(target_meta):
                 pipe.reset()
                 raise NoRollbackTarget(
                     f"line {line}: version {target}, active before the current one, was deleted; "
@@ -552,11 +554,15 @@ class LineStore:
             pipe.execute()
 
     def _forget_chunks(self, line: str, version: int, written: int) -> None:
-        """Best effort: remove a failed publish's chunks now (their TTL would anyway)."""
+        """Best effort: remove a failed publish's chunks now (their TTL would anyway).
+
+        Not when the version became visible after all (EXEC ran but its reply was lost).
+        """
         if not written:
             return
         with contextlib.suppress(redis.RedisError):
-            self._r.unlink(*(self._chunk_key(line, version, i) for i in range(written)))
+            if not self._r.exists(self._k(line, "meta", version)):
+                self._r.unlink(*(self._chunk_key(line, version, i) for i in range(written)))
 
     def _require_line(self, line: str) -> None:
         if not self._r.sismember(f"{self._prefix}lines", line):

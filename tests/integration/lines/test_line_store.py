@@ -305,3 +305,35 @@ def test_unreachable_redis_is_one_clear_error_in_bounded_time():
     assert time.monotonic() - started < 10
     assert err.value.code == "redis-unavailable"
     assert str(err.value).startswith("Redis at redis://127.0.0.1:1/0 is unreachable")
+
+
+class _FailingClient:
+    """Delegates to a real client; the Nth chunk SET raises (a publisher dying mid-upload)."""
+
+    def __init__(self, client: redis.Redis, fail_at: int, seen_ttls: list[int]) -> None:
+        self._client, self._fail_at, self._ttls, self._sets = client, fail_at, seen_ttls, 0
+
+    def set(self, name, value, **kwargs):
+        self._sets += 1
+        if self._sets > 1:  # the previous chunk is pending: it carries a TTL
+            previous = name.rsplit(":", 1)[0] + f":{self._sets - 2}"
+            self._ttls.append(self._client.ttl(previous))
+        if self._sets == self._fail_at:
+            raise KeyboardInterrupt  # even an interrupt must not leave a half version
+        return self._client.set(name, value, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
+
+
+def test_an_interrupted_upload_leaves_no_version_and_no_chunks(
+    redis_client, redis_prefix, make_artifact
+):
+    ttls: list[int] = []
+    failing = _FailingClient(redis_client, fail_at=3, seen_ttls=ttls)
+    store = LineStore(failing, prefix=redis_prefix, chunk_bytes=64 * 1024)  # type: ignore[arg-type]
+    with pytest.raises(KeyboardInterrupt):
+        store.publish("A", make_artifact(300_000))
+    assert ttls and all(t > 0 for t in ttls)
+    assert _keys(redis_client, redis_prefix) == {f"{redis_prefix}line:A:seq"}
+    assert store.lines() == [] and store.current("A") is None

@@ -50,7 +50,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, metavar="DIR", help="output folder (default ./eval-...)")
     p.add_argument("--samples", type=int, default=8, metavar="N", help="heatmaps (default 8)")
     p.add_argument("--batch-size", type=int, default=16, metavar="N", help="default 16")
-    p.add_argument("--teacher-weights", type=Path, metavar="FILE", help="teacher weight file")
+    p.add_argument(
+        "--teacher-weights", "--wrn50-weights", type=Path, metavar="FILE", help="teacher weights"
+    )
     p.add_argument("--device", help="cpu, cuda, cuda:N (default: settings model.device)")
     p.set_defaults(handler=_eval)
 

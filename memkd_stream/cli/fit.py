@@ -56,6 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--teacher-weights",
+        "--wrn50-weights",
         type=Path,
         metavar="FILE",
         help="teacher weight file (WRN50: torchvision V1; default: settings / lite0's package)",

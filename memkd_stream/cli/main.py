@@ -14,6 +14,7 @@ import argparse
 import functools
 import getpass
 import importlib
+import re
 import socket
 import sys
 from collections.abc import Callable, Sequence
@@ -89,7 +90,15 @@ class CommandParser(argparse.ArgumentParser):
         if _common_options() not in parents:
             parents.append(_common_options())
         kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        if kwargs.get("description"):
+            kwargs["description"] = plain_text(kwargs["description"])
         super().__init__(*args, parents=parents, **kwargs)
+
+
+def plain_text(docstring: str) -> str:
+    """A module docstring as --help text: reST roles and literal quotes removed."""
+    text = re.sub(r":\w+:`~?(?:[\w.]+\.)?([\w]+)`", r"\1", docstring)
+    return text.replace("``", "").strip()
 
 
 def line_arg(text: str) -> str:

@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# memkd-stream demo: train line A, stream its test images through one worker, show the verdicts.
+#
+# `make demo` runs this with the local Kafka + Redis up (and stops them afterwards if it started
+# them). Everything this script starts (the worker) it stops on exit, success or not. Each run
+# uses its own topics and consumer group, so runs never see each other's records; the model is
+# published to Redis as the next version of line A.
+#
+# Knobs (environment): DEMO_OUT (./demo-out), DEMO_CATEGORY (grass), DEMO_STEPS (80),
+# DEMO_INPUT_SIZE (256), DEMO_TIMEOUT_S (300).
+set -euo pipefail
+
+cd "$(dirname "$0")/../.."
+VENV=${VENV:-.venv}
+PY=${PY:-$VENV/bin/python}
+CLI="$VENV/bin/memkd-stream"
+WORKER="$VENV/bin/memkd-worker"
+OUT=${DEMO_OUT:-demo-out}
+CATEGORY=${DEMO_CATEGORY:-grass}
+STEPS=${DEMO_STEPS:-80}
+INPUT_SIZE=${DEMO_INPUT_SIZE:-256}
+TIMEOUT_S=${DEMO_TIMEOUT_S:-300}
+RUN="demo-$(date -u +%Y%m%d-%H%M%S)"
+
+export MEMKD_KAFKA__INSPECT_TOPIC="memkd.$RUN.inspect"
+export MEMKD_KAFKA__RESULTS_TOPIC="memkd.$RUN.results"
+export MEMKD_KAFKA__DLQ_TOPIC="memkd.$RUN.inspect.dlq"
+export MEMKD_KAFKA__GROUP_ID="memkd-$RUN"
+export MEMKD_MODEL__DEVICE=${MEMKD_MODEL__DEVICE:-auto}
+export MEMKD_WORKER__PRELOAD_LINES=A
+export MEMKD_WORKER__WORKER_ID="$RUN"
+export MEMKD_LOG__FORMAT=${MEMKD_LOG__FORMAT:-console}
+
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+worker_pid=""
+cleanup() {
+  local rc=$?
+  if [ -n "$worker_pid" ] && kill -0 "$worker_pid" 2>/dev/null; then
+    echo "stopping the worker (SIGTERM, pid $worker_pid)"
+    kill -TERM "$worker_pid" 2>/dev/null || true
+    for _ in $(seq 1 60); do kill -0 "$worker_pid" 2>/dev/null || break; sleep 0.5; done
+    kill -KILL "$worker_pid" 2>/dev/null || true
+    wait "$worker_pid" 2>/dev/null || true
+  fi
+  exit $rc
+}
+trap cleanup EXIT INT TERM
+
+mkdir -p "$OUT"
+started=$(date +%s)
+
+step "1/6 topics ($MEMKD_KAFKA__INSPECT_TOPIC, results, dlq)"
+"$CLI" topics create --partitions 3
+
+step "2/6 synthetic data: category '$CATEGORY' -> $OUT/data"
+"$CLI" data synth --out "$OUT/data" --category "$CATEGORY" --n-train 32 --n-test-good 8 \
+  --n-test-bad 12 --size 256 --overwrite
+DATA="$OUT/data/$CATEGORY"
+
+step "3/6 fit line A (lite0, $STEPS steps, ${INPUT_SIZE}px) and publish it to Redis"
+"$CLI" fit --line A --data "$DATA" --backbone tf_efficientnet_lite0 --steps "$STEPS" \
+  --input-size "$INPUT_SIZE" --batch-size 8 --out "$OUT/A.safetensors"
+
+step "4/6 start one worker"
+port=$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+export MEMKD_METRICS__PORT=$port MEMKD_METRICS__HOST=127.0.0.1
+"$WORKER" >"$OUT/worker.log" 2>&1 &
+worker_pid=$!
+ready=0
+for _ in $(seq 1 240); do
+  if ! kill -0 "$worker_pid" 2>/dev/null; then
+    echo "the worker exited; its log:" >&2; tail -n 30 "$OUT/worker.log" >&2; exit 1
+  fi
+  if "$PY" -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:$port/readyz', timeout=1)" 2>/dev/null; then
+    ready=1; break
+  fi
+  sleep 0.5
+done
+[ $ready = 1 ] || { echo "worker not ready after 120 s; log: $OUT/worker.log" >&2; exit 1; }
+echo "worker ready (pid $worker_pid; metrics http://127.0.0.1:$port/metrics; log $OUT/worker.log)"
+
+step "5/6 produce the test images of '$CATEGORY' (good and defective) as line A"
+count=$(find "$DATA/test" -type f -name '*.png' | wc -l)
+"$CLI" produce --line A "$DATA/test" --id-from-filename --id-prefix "$RUN/"
+
+step "6/6 results (streamed scores vs ground truth)"
+"$PY" -m memkd_stream.demo_report --data "$DATA" --expect "$count" --id-prefix "$RUN/" \
+  --out "$OUT" --timeout "$TIMEOUT_S"
+
+echo
+echo "demo done in $(( $(date +%s) - started ))s. Try: MEMKD_KAFKA__RESULTS_TOPIC=$MEMKD_KAFKA__RESULTS_TOPIC $CLI results"

@@ -141,6 +141,11 @@ def fit(
         teacher = load_teacher(mcfg.backbone, device=device)
     if teacher.name != mcfg.backbone:
         raise ValueError(f"teacher {teacher.name} does not match backbone {mcfg.backbone}")
+    if teacher.device.type != device.type:
+        raise ValueError(
+            f"the teacher is on {teacher.device} but training runs on {device}: load the teacher "
+            "on the training device"
+        )
     cuda = device.type == "cuda"
     started = time.perf_counter()
     torch.manual_seed(tcfg.seed)

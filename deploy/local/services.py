@@ -27,6 +27,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -323,6 +324,7 @@ def kafka_up(lay: Layout, timeout_s: float) -> None:
                 pid = holder
                 break
     if pid is not None:
+        _check_same_ports("kafka", pid, lay, {port, cport})
         if _wait_until(lambda: kafka_answers(port), timeout_s, lambda: _alive(pid)):
             print(f"kafka: already up on 127.0.0.1:{port} (pid {pid})")
             return
@@ -398,8 +400,41 @@ def _redis_server() -> str:
 
 
 def _is_our_redis(pid: int, lay: Layout) -> bool:
+    """redis-server rewrites its command line to ``host:port``; it runs inside our data dir."""
+    try:
+        cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
+    except OSError:
+        return False
+    return "redis-server" in _cmdline(pid) and cwd == lay.redis_data.resolve()
+
+
+def _running_ports(name: str, pid: int, lay: Layout) -> set[int]:
+    """The ports our running ``name`` process was started with."""
+    if name == "kafka":  # the properties file is rendered at each start, so it is the running one
+        try:
+            props = lay.kafka_props.read_text()
+        except OSError:
+            return set()
+        listeners = re.search(r"^listeners=(.*)$", props, re.MULTILINE)
+        return (
+            {int(port) for port in re.findall(r":(\d+)", listeners.group(1))}
+            if listeners
+            else set()
+        )
+    found = re.search(r":(\d+)", _cmdline(pid))
+    return {int(found.group(1))} if found else set()
+
+
+def _check_same_ports(name: str, pid: int, lay: Layout, ports: set[int]) -> None:
+    """Our process runs, but maybe on other ports than asked: never silently run two."""
+    if _running_ports(name, pid, lay) == ports:
+        return
     cmd = _cmdline(pid)
-    return "redis-server" in cmd and f":{lay.redis_port}" in cmd
+    raise ServiceError(
+        f"{name} of this checkout is running (pid {pid}: {cmd[:120]}) but not on the ports asked "
+        f"for ({sorted(ports)}); stop it first with `make services-down`, or ask for the ports "
+        f"it runs on ({sorted(_running_ports(name, pid, lay))})"
+    )
 
 
 def redis_up(lay: Layout, timeout_s: float) -> None:
@@ -409,7 +444,16 @@ def redis_up(lay: Layout, timeout_s: float) -> None:
         print(f"redis: removing stale pid file (pid {pid} is gone)")
         lay.redis_pid.unlink(missing_ok=True)
         pid = None
+    if pid is None:
+        for holder in _listener_pids(port):
+            if _is_our_redis(holder, lay):
+                print(f"redis: adopting our server pid {holder} (pid file was missing)")
+                lay.redis_pid.parent.mkdir(parents=True, exist_ok=True)
+                lay.redis_pid.write_text(f"{holder}\n")
+                pid = holder
+                break
     if pid is not None:
+        _check_same_ports("redis", pid, lay, {port})
         if _wait_until(lambda: redis_answers(port), min(timeout_s, 15), lambda: _alive(pid)):
             print(f"redis: already up on 127.0.0.1:{port} (pid {pid})")
             return

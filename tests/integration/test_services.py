@@ -137,7 +137,9 @@ def test_absent_redis_is_a_clear_error_within_a_bounded_time() -> None:
 # --- deploy/local/services.py on its own ports and folder (never the shared services) ---------
 
 
-def _services(repo_root: Path, var: Path, ports: dict[str, int], command: str) -> str:
+def _services(
+    repo_root: Path, var: Path, ports: dict[str, int], command: str, expect_rc: int = 0
+) -> str:
     done = subprocess.run(
         [
             sys.executable,
@@ -160,7 +162,7 @@ def _services(repo_root: Path, var: Path, ports: dict[str, int], command: str) -
         check=False,
     )
     output = done.stdout + done.stderr
-    assert done.returncode == 0, f"services.py {command} failed:\n{output}"
+    assert done.returncode == expect_rc, f"services.py {command}: rc {done.returncode}\n{output}"
     return output
 
 
@@ -204,6 +206,15 @@ def test_services_survive_a_crashed_broker_and_stop_only_their_own(
         (var / "run" / "kafka.pid").unlink()
         assert "adopting" in _services(repo_root, var, ports, "up")
         assert _pid(var, "kafka") == kafka_pid
+
+        (var / "run" / "redis.pid").unlink()
+        assert "redis: adopting" in _services(repo_root, var, ports, "up")
+        assert _pid(var, "redis") == redis_pid
+
+        # The same checkout asked for other ports while running: a clear no, not a second broker.
+        moved = {**ports, "redis": _free_port()}
+        out = _services(repo_root, var, moved, "up", expect_rc=1)
+        assert "not on the ports asked for" in out and "services-down" in out
 
         producer = _producer(f"127.0.0.1:{ports['kafka']}", max_block_ms=5000)
         producer.close()  # the broker answers after all that

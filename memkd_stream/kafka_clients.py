@@ -86,7 +86,8 @@ def make_producer(kafka: Any, *, client_id: str | None = None, **overrides: Any)
         # kafka-python requires delivery_timeout_ms >= linger_ms + request_timeout_ms
         delivery_timeout_ms=max(delivery_ms, request_ms + 1000),
         max_block_ms=max(delivery_ms, 1000),
-        bootstrap_timeout_ms=request_ms,
+        # a broker down at start counts against the same budget as one lost later
+        bootstrap_timeout_ms=max(delivery_ms, 1000),
     )
     config.update(overrides)
     return KafkaProducer(**config)

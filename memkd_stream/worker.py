@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import queue
+import socket
 import threading
 import time
 from collections import Counter as CounterDict
@@ -387,10 +388,16 @@ class Worker:
         self.tracker.mark_committed({tp: om.offset for tp, om in offsets.items()})
 
     def _probe_broker(self) -> None:
+        """ListOffsets on the assigned partitions (a real broker round trip, and the lag
+        gauges); with none assigned, a TCP connect to a bootstrap server, so that a missing
+        topic is not mistaken for a dead broker."""
         assigned = sorted(self._consumer.assignment())
-        probe = assigned or [TopicPartition(self.kafka.inspect_topic, 0)]
+        ends: dict[Any, int] = {}
         try:
-            ends = self._consumer.end_offsets(probe, timeout_ms=_PROBE_TIMEOUT_MS)
+            if assigned:
+                ends = self._consumer.end_offsets(assigned, timeout_ms=_PROBE_TIMEOUT_MS)
+            else:
+                _connect_any(self.kafka.bootstrap_servers, _PROBE_TIMEOUT_MS / 1000)
         except Exception as exc:
             down_s = time.monotonic() - self._broker_ok_at
             if self._broker_ok:
@@ -820,6 +827,20 @@ class Worker:
 
 
 _SENTINEL: Any = object()
+
+
+def _connect_any(bootstrap: str | list[str], timeout_s: float) -> None:
+    """Open (and close) a TCP connection to the first bootstrap server that accepts one."""
+    servers = bootstrap.split(",") if isinstance(bootstrap, str) else list(bootstrap)
+    error: OSError | None = None
+    for server in servers:
+        host, _, port = server.strip().rpartition(":")
+        try:
+            with socket.create_connection((host.strip("[]") or "localhost", int(port)), timeout_s):
+                return
+        except OSError as exc:
+            error = exc
+    raise error or OSError("no bootstrap servers configured")
 
 
 def _names(tps: set[TopicPartition]) -> list[str]:

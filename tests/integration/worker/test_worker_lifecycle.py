@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.worker.conftest import WorkerEnv, category_images, wait_ready
+from tests.integration.worker.conftest import WorkerEnv, category_images, free_port, wait_ready
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -110,3 +110,19 @@ def test_two_workers_split_partitions_and_answer_everything(
         owners[r["source"]["partition"]].add(r["worker"])
     assert all(len(w) == 1 for w in owners.values()), owners  # each partition: one worker
     assert {w for ws in owners.values() for w in ws} == {"w1", "w2"}  # both worked
+
+
+def test_broker_unreachable_exits_3_with_one_clear_line(
+    worker_env: WorkerEnv, artifact_v1: Path, tmp_path: Path
+) -> None:
+    worker_env.store().publish("A", artifact_v1, who="test")
+    dead = f"127.0.0.1:{free_port()}"  # nothing listens there
+    proc = worker_env.spawn_worker(
+        tmp_path / "worker.log",
+        MEMKD_KAFKA__BOOTSTRAP_SERVERS=dead,
+        MEMKD_KAFKA__UNREACHABLE_TIMEOUT_S="3",
+    )
+    rc = proc.wait(timeout=90)
+    log = (tmp_path / "worker.log").read_text()
+    assert rc == 3, log
+    assert "Kafka broker unreachable" in log

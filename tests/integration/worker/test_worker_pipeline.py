@@ -116,3 +116,29 @@ def test_bad_inputs_are_dead_lettered_with_their_codes(
     for d in dlq:
         assert d["source"].startswith(worker_env.inspect + ":")
         assert d["detail"]
+
+
+def test_backpressure_pauses_without_dropping(
+    worker_env: WorkerEnv, artifact_v1: Path, line_data: Path
+) -> None:
+    worker_env.store().publish("A", artifact_v1, who="test")
+    image = category_images(line_data)[0].read_bytes()
+    n = 24
+    worker_env.produce([(f"bp-{i:02d}", image) for i in range(n)])
+    worker = worker_env.start_thread_worker(MEMKD_WORKER__QUEUE_MAX_RECORDS="4")
+    paused_seen = 0.0
+    try:
+        deadline = time.monotonic() + 90
+        registry = worker.worker.metrics.registry
+        while time.monotonic() < deadline:
+            paused_seen = max(
+                paused_seen, registry.get_sample_value("memkd_paused_partitions") or 0
+            )
+            if (registry.get_sample_value("memkd_results_total", {"line": "A"}) or 0) >= n:
+                break
+            time.sleep(0.01)
+        results = worker_env.read(worker_env.results, count=n, timeout_s=30)
+    finally:
+        assert worker.stop() == 0
+    assert sorted(r["id"] for r in results) == [f"bp-{i:02d}" for i in range(n)]
+    assert paused_seen > 0  # the queue bound paused the partitions at least once

@@ -78,6 +78,7 @@ class _Item:
 
     tp: TopicPartition
     generation: int
+    offset: int
     key: bytes | None
     value: bytes | None = field(repr=False)
     headers: list[tuple[str, bytes]]
@@ -88,10 +89,6 @@ class _Item:
     decoded_mono: float = 0.0
     decode_s: float = 0.0
     retry: bool = False
-
-    @property
-    def offset(self) -> int:
-        return self.request.source.offset if self.request else -1
 
 
 @dataclass
@@ -298,6 +295,7 @@ class Worker:
         item = _Item(
             tp=tp,
             generation=generation,
+            offset=record.offset,
             key=record.key,
             value=record.value,
             headers=headers,

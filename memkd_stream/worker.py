@@ -429,7 +429,9 @@ class Worker:
         """Finish (or abandon after the budget) the revoked partitions' in-flight records and
         return their committable offsets; they are forgotten afterwards."""
         if self._closing:
-            offsets = self._committable(only=revoked)
+            # closing: the drain already committed; after a fatal error nothing more is
+            # committed (the broker is likely gone and the close must not wait on it)
+            offsets = {} if self._fatal else self._committable(only=revoked)
             self._forget(revoked, reason="closed")
             return offsets
         with self._lock:

@@ -139,6 +139,7 @@ class WorkerEnv:
     partitions: int
     env: dict[str, str]
     procs: list[subprocess.Popen] = field(default_factory=list)
+    kafka: str = KAFKA
 
     @property
     def inspect(self) -> str:
@@ -239,7 +240,7 @@ class WorkerEnv:
         from kafka import KafkaConsumer, TopicPartition
 
         consumer = KafkaConsumer(
-            bootstrap_servers=KAFKA, group_id=self.group, enable_auto_commit=False
+            bootstrap_servers=self.kafka, group_id=self.group, enable_auto_commit=False
         )
         try:
             return {
@@ -252,7 +253,7 @@ class WorkerEnv:
     def end_offsets(self) -> dict[int, int]:
         from kafka import KafkaConsumer, TopicPartition
 
-        consumer = KafkaConsumer(bootstrap_servers=KAFKA)
+        consumer = KafkaConsumer(bootstrap_servers=self.kafka)
         try:
             tps = [TopicPartition(self.inspect, p) for p in range(self.partitions)]
             return {tp.partition: off for tp, off in consumer.end_offsets(tps).items()}

@@ -23,8 +23,9 @@ from unittest import mock
 
 import pytest
 
-KAFKA = os.environ.get("MEMKD_TEST_KAFKA", "127.0.0.1:39092")
-REDIS_URL = os.environ.get("MEMKD_TEST_REDIS", "redis://127.0.0.1:36379/0")
+# Where the shared services are: the same variables the service reads (``make test`` sets them).
+KAFKA = os.environ.get("MEMKD_KAFKA__BOOTSTRAP_SERVERS") or "127.0.0.1:39092"
+REDIS_URL = os.environ.get("MEMKD_REDIS__URL") or "redis://127.0.0.1:36379/0"
 REPO = Path(__file__).resolve().parents[3]
 WORKER_BIN = REPO / ".venv" / "bin" / "memkd-worker"
 
@@ -40,9 +41,14 @@ def _reachable(hostport: str) -> bool:
 
 @pytest.fixture(scope="session", autouse=True)
 def _services() -> None:
-    redis_hostport = REDIS_URL.split("//", 1)[1].split("/", 1)[0]
-    if not (_reachable(KAFKA) and _reachable(redis_hostport)):
-        pytest.skip("Kafka/Redis not running: run `make services-up` first")
+    redis_hostport = REDIS_URL.split("//", 1)[1].split("/", 1)[0].rsplit("@", 1)[-1]
+    for name, where in (("Kafka", KAFKA), ("Redis", redis_hostport)):
+        if not _reachable(where):
+            pytest.fail(
+                f"{name} does not answer at {where}: start it with `make services-up` "
+                "(or run the whole suite with `make test`)",
+                pytrace=False,
+            )
 
 
 def free_port() -> int:

@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--categories", default=",".join(SYNTH_CATEGORIES))
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--variants", default="memkd,rd")
-    parser.add_argument("--steps", type=int, default=80)
+    parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--size", type=int, default=128, help="model input side")
     parser.add_argument("--width-mult", type=float, default=ModelConfig().width_mult)
     parser.add_argument("--n-train", type=int, default=60)

@@ -5,6 +5,8 @@ as CSV to bench/results/model_speed.csv (timm's results-file style) and printed 
 Modes: ``eager`` (NCHW), ``channels_last``, ``compile`` (torch.compile of teacher + student,
 skipped with a note where it fails). Memory on and off are timed interleaved and the best of the
 repetitions is kept, so that load from other processes on a shared machine hurts both alike.
+On a machine shared with other jobs, ``--clock cpu --threads 1`` times the process's own CPU
+time, which other processes barely disturb (the README's figures say which clock they used).
 WRN50 uses random weights when no weight file is given: speed does not depend on the values.
 
     .venv/bin/python bench/model_speed.py            # full grid
@@ -29,7 +31,7 @@ from memkd.network import MemKDStudent
 RESULTS = Path(__file__).resolve().parent / "results"
 FIELDS = [
     "backbone", "mode", "memory", "batch", "input_size", "width_mult", "images_per_s",
-    "ms_per_batch", "device", "threads", "precision", "torch", "note",
+    "ms_per_batch", "gflops_per_image", "device", "threads", "precision", "clock", "torch", "note",
 ]  # fmt: skip
 
 
@@ -48,11 +50,24 @@ def _forward_fn(
     return forward
 
 
+CLOCK = time.perf_counter
+
+
 def _time_once(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> float:
-    start = time.perf_counter()
+    start = CLOCK()
     with torch.inference_mode():
         fn(x)
-    return time.perf_counter() - start
+    return CLOCK() - start
+
+
+def _gflops(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> float:
+    """GFLOPs per image of one forward, counted by torch (immune to machine load)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter, torch.inference_mode():
+        fn(x)
+    return counter.get_total_flops() / 1e9 / x.shape[0]
 
 
 def bench_point(
@@ -74,6 +89,7 @@ def bench_point(
                 _time_once(fns[memory], x)
         except Exception as exc:  # torch.compile needs a working C++ toolchain
             notes[memory] = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:80]}"
+    flops = {m: _gflops(fns[m], x) if mode == "eager" and not notes[m] else None for m in fns}
     best = {m: float("inf") for m in fns if not notes[m]}
     for _ in range(reps):
         for memory in best:
@@ -92,9 +108,11 @@ def bench_point(
                 "width_mult": mult,
                 "images_per_s": round(batch / sec, 2) if sec == sec else "",
                 "ms_per_batch": round(sec * 1000, 1) if sec == sec else "",
+                "gflops_per_image": round(flops[memory], 3) if flops.get(memory) else "",
                 "device": "cpu",
                 "threads": torch.get_num_threads(),
                 "precision": "fp32",
+                "clock": "cpu" if CLOCK is time.process_time else "wall",
                 "torch": torch.__version__,
                 "note": notes[memory] + (" random weights" if "wide" in backbone else ""),
             }
@@ -112,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--width-mult", type=float, default=ModelConfig().width_mult)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall")
     parser.add_argument("--wrn50-weights", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=RESULTS / "model_speed.csv")
     args = parser.parse_args(argv)
@@ -119,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
         args.batches, args.modes, args.reps = "1,8", "eager", 3
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.clock == "cpu":
+        global CLOCK
+        CLOCK = time.process_time
     rows: list[dict[str, object]] = []
     for backbone in args.backbones.split(","):
         weights = args.wrn50_weights if backbone == "wide_resnet50_2" else None
@@ -134,9 +156,15 @@ def main(argv: list[str] | None = None) -> int:
                     if on["images_per_s"] and off["images_per_s"]
                     else "n/a"
                 )
+                fcost = (
+                    f" (FLOPs {on['gflops_per_image']} vs {off['gflops_per_image']} GFLOP/img, "
+                    f"{100 * (on['gflops_per_image'] / off['gflops_per_image'] - 1):+.1f}%)"
+                    if on["gflops_per_image"] and off["gflops_per_image"]
+                    else ""
+                )
                 print(
                     f"{backbone:22s} {mode:13s} b={batch:<3d} memory on {on['images_per_s']!s:>8} "
-                    f"img/s  off {off['images_per_s']!s:>8} img/s  memory cost {cost} "
+                    f"img/s  off {off['images_per_s']!s:>8} img/s  memory cost {cost}{fcost} "
                     f"{on['note'] or off['note']}",
                     flush=True,
                 )

@@ -20,9 +20,12 @@ __all__ = ["NRMemory"]
 
 
 def _attend(query: torch.Tensor, bank: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Softmax over the bank items of cosine(query pixel, item) / tau: [B, HW, L]."""
-    sim = F.normalize(query, dim=-1) @ F.normalize(bank, dim=-1).t()
-    return torch.softmax(sim / temperature, dim=-1)
+    """Softmax over the L bank items of cosine(query pixel, item) / tau.
+
+    ``query`` is [B, C, N]; returns the weights [B, L, N].
+    """
+    sim = F.normalize(bank, dim=1) @ F.normalize(query, dim=1)  # [L, C] @ [B, C, N]
+    return torch.softmax(sim / temperature, dim=1)
 
 
 class NRMemory(nn.Module):
@@ -36,15 +39,17 @@ class NRMemory(nn.Module):
         self.keys = nn.Parameter(torch.randn(items, channels))
         self.values = nn.Parameter(torch.randn(items, channels))
 
-    @staticmethod
-    def _flat(x: torch.Tensor) -> torch.Tensor:
-        return x.flatten(2).transpose(1, 2)  # B, HW, C
-
     def _read(self, query: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
+        """Attention read in the query's own memory layout, so no feature map is copied."""
         b, c, h, w = query.shape
-        weights = _attend(self._flat(query), bank.to(query.dtype), self.temperature)
-        out = weights @ self.values.to(query.dtype)
-        return out.transpose(1, 2).reshape(b, c, h, w)
+        bank, values = bank.to(query.dtype), self.values.to(query.dtype)
+        if query.dim() == 4 and query.is_contiguous(memory_format=torch.channels_last) and c > 1:
+            flat = query.permute(0, 2, 3, 1).reshape(b, h * w, c)  # a view for NHWC
+            sim = F.normalize(flat, dim=2) @ F.normalize(bank, dim=1).t()  # [B, N, L]
+            out = torch.softmax(sim / self.temperature, dim=2) @ values  # [B, N, C]
+            return out.view(b, h, w, c).permute(0, 3, 1, 2)  # channels_last [B, C, H, W]
+        weights = _attend(query.reshape(b, c, h * w), bank, self.temperature)
+        return (values.t() @ weights).view(b, c, h, w)  # [C, L] @ [B, L, N]
 
     def recall(self, student: torch.Tensor) -> torch.Tensor:
         """Recalled normality for each student pixel (keys address, values answer)."""

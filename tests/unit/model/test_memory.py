@@ -45,3 +45,13 @@ def test_high_temperature_recall_is_nearly_the_mean_value() -> None:
     out = mem.recall(torch.randn(1, 16, 2, 2))
     mean = mem.values.detach().mean(0)
     torch.testing.assert_close(out[0, :, 0, 0], mean, atol=0.05, rtol=0.05)
+
+
+def test_channels_last_read_equals_the_nchw_read() -> None:
+    torch.manual_seed(3)
+    mem = NRMemory(channels=12, items=9, temperature=0.1)
+    x = torch.randn(2, 12, 5, 7)
+    nhwc = x.contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(mem.recall(nhwc), mem.recall(x))
+    torch.testing.assert_close(mem.reconstruct(nhwc), mem.reconstruct(x))
+    assert mem.recall(nhwc).is_contiguous(memory_format=torch.channels_last)

@@ -14,6 +14,7 @@ import argparse
 import functools
 import getpass
 import importlib
+import logging
 import re
 import socket
 import sys
@@ -189,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = _expected_error_code(exc)
         if code is None:
             raise
-        out.error(code, _describe(exc))
+        out.error(code, _describe(exc, settings))
         return 1
 
 
@@ -202,6 +203,10 @@ def _load_settings(config: Path | None, log_level: str | None) -> Settings:
     if log_level is not None:
         log_settings = log_settings.model_copy(update={"level": log_level})
     configure_logging(log_settings)
+    if log_settings.level.upper() != "DEBUG":
+        # A command reports a broker problem itself in one line; kafka-python's per-retry
+        # connection errors would bury it (the worker keeps them: its log is its record).
+        logging.getLogger("kafka").setLevel(logging.CRITICAL)
     return settings
 
 
@@ -210,12 +215,34 @@ def _expected_error_code(exc: BaseException) -> str | None:
     memkd_errors = sys.modules.get("memkd.errors")
     if memkd_errors is not None and isinstance(exc, memkd_errors.MemKDError):
         return str(exc.code)
+    if _is_kafka_unreachable(exc):
+        return "kafka-unavailable"
     if isinstance(exc, OSError) and exc.filename is not None:
         return "file-error"
     return None
 
 
-def _describe(exc: BaseException) -> str:
+def _is_kafka_unreachable(exc: BaseException) -> bool:
+    """kafka-python's "no broker answered" errors (a down or misnamed broker), not its bugs."""
+    kafka_errors = sys.modules.get("kafka.errors")
+    if kafka_errors is None:
+        return False
+    kinds = tuple(
+        getattr(kafka_errors, name)
+        for name in ("NoBrokersAvailable", "KafkaTimeoutError", "KafkaConnectionError")
+        if hasattr(kafka_errors, name)
+    )
+    return isinstance(exc, kinds)
+
+
+def _describe(exc: BaseException, settings: Settings | None = None) -> str:
     if isinstance(exc, OSError) and exc.filename is not None:
         return f"{exc.filename}: {exc.strerror or exc}"
+    if _is_kafka_unreachable(exc):
+        where = settings.kafka.bootstrap_servers if settings is not None else "?"
+        detail = str(exc).removeprefix(f"{type(exc).__name__}: ")
+        return (
+            f"Kafka at {where} is unreachable or did not answer in time: {detail} "
+            "(check MEMKD_KAFKA__BOOTSTRAP_SERVERS and that the broker is up)"
+        )
     return str(exc)

@@ -1,6 +1,6 @@
-"""``memkd-stream data synth``: write the generated MVTec-layout dataset (shared/MEMKD.md §8).
+"""``memkd-stream data synth``: write a generated dataset in MVTec AD layout.
 
-No public anomaly-detection dataset can be installed here, so ``memkd.datasets`` builds one from
+To try the project without real camera images, ``memkd.datasets`` builds a dataset from
 scikit-image's CC0 photographs with synthetic defects and exact masks. The layout is MVTec AD's, so
 ``fit`` and ``eval`` read it exactly as they read the real thing.
 """
@@ -21,7 +21,12 @@ __all__ = ["register"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("data", help="datasets: generate the synthetic MVTec-layout set")
+    parser = subparsers.add_parser(
+        "data",
+        help="datasets: generate the synthetic MVTec-layout set",
+        description="Datasets for fit and eval.",
+        epilog="example:\n  memkd-stream data synth --out data/synth --category grass\n",
+    )
     commands = parser.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     p = commands.add_parser(
         "synth",
@@ -36,12 +41,40 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="category to generate (repeat for several; default: all)",
     )
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--n-train", type=int, metavar="N", help="good training images per category")
-    p.add_argument("--n-test-good", type=int, metavar="N", help="good test images per category")
-    p.add_argument("--n-test-bad", type=int, metavar="N", help="defective test images per category")
-    p.add_argument("--size", type=int, metavar="PX", help="image side in pixels")
+    p.add_argument(
+        "--n-train", type=_count_arg, metavar="N", help="good training images per category (60)"
+    )
+    p.add_argument(
+        "--n-test-good", type=_count_arg, metavar="N", help="good test images per category (12)"
+    )
+    p.add_argument(
+        "--n-test-bad", type=_count_arg, metavar="N", help="defective test images per category (24)"
+    )
+    p.add_argument("--size", type=_size_arg, metavar="PX", help="image side in pixels (256)")
     p.add_argument("--overwrite", action="store_true", help="replace existing category folders")
     p.set_defaults(handler=_synth)
+
+
+def _count_arg(text: str) -> int:
+    """argparse type: an image count (0 or more), so a bad one is a usage error, not a crash."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 0")
+    return value
+
+
+def _size_arg(text: str) -> int:
+    """argparse type: an image side of at least 64 pixels (what the generator needs)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 64:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 64")
+    return value
 
 
 def _synth(ctx: Context) -> int:

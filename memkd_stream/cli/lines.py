@@ -1,8 +1,8 @@
 """``memkd-stream lines ...``: see, activate, roll back, delete, publish and export line models.
 
-Every change goes through :class:`~memkd_stream.line_store.LineStore`, so workers hear about each
-activation on the events channel and swap between batches. Rollback activates the version that
-was active before the current one (twice = back where you started).
+Every change goes through the line store in Redis, so workers hear about each activation on
+its events channel and swap between batches. Rollback activates the version that was active
+before the current one (twice = back where you started).
 """
 
 from __future__ import annotations
@@ -19,52 +19,83 @@ from memkd_stream.cli.output import Output, human_bytes
 __all__ = ["record_summary", "register"]
 
 
+_EPILOG = """\
+examples:
+  memkd-stream lines list
+  memkd-stream lines show A
+  memkd-stream lines activate A 3
+  memkd-stream lines rollback A
+  memkd-stream lines publish A A-20250101T120000Z.safetensors
+  memkd-stream lines export A --version 3 --out A-v3.safetensors
+"""
+
+_LINE_HELP = "line id, e.g. A or press-3"
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "lines",
         help="list, show, activate, roll back, delete line models in Redis",
         description=__doc__,
+        epilog=_EPILOG,
     )
     commands = parser.add_subparsers(dest="lines_command", metavar="ACTION", required=True)
 
-    p = commands.add_parser("list", help="every line with its active version")
+    def action(name: str, summary: str) -> argparse.ArgumentParser:
+        # The one-line help doubles as the description, so `lines X --help` says what X does.
+        return commands.add_parser(
+            name, help=summary, description=summary[0].upper() + summary[1:] + "."
+        )
+
+    p = action("list", "every line with its active version")
     p.set_defaults(handler=_list)
 
-    p = commands.add_parser("show", help="a line's versions and what each was trained with")
-    p.add_argument("line", type=line_arg, metavar="LINE")
+    p = action("show", "a line's versions and what each was trained with")
+    p.add_argument("line", type=line_arg, metavar="LINE", help=_LINE_HELP)
     p.set_defaults(handler=_show)
 
-    p = commands.add_parser("history", help="a line's activations, newest first")
-    p.add_argument("line", type=line_arg, metavar="LINE")
+    p = action("history", "a line's activations, newest first")
+    p.add_argument("line", type=line_arg, metavar="LINE", help=_LINE_HELP)
     p.set_defaults(handler=_history)
 
-    p = commands.add_parser("activate", help="make VERSION the one workers serve")
-    p.add_argument("line", type=line_arg, metavar="LINE")
-    p.add_argument("version", type=int, metavar="VERSION")
+    p = action("activate", "make VERSION the one workers serve (they swap between batches)")
+    p.add_argument("line", type=line_arg, metavar="LINE", help=_LINE_HELP)
+    p.add_argument("version", type=_version_arg, metavar="VERSION", help="a stored version number")
     p.set_defaults(handler=_activate)
 
-    p = commands.add_parser(
-        "rollback", help="activate the version that was active before the current one"
-    )
-    p.add_argument("line", type=line_arg, metavar="LINE")
+    p = action("rollback", "activate the version that was active before the current one")
+    p.add_argument("line", type=line_arg, metavar="LINE", help=_LINE_HELP)
     p.set_defaults(handler=_rollback)
 
-    p = commands.add_parser("delete", help="delete one version (never the active one)")
-    p.add_argument("line", type=line_arg, metavar="LINE")
-    p.add_argument("version", type=int, metavar="VERSION")
+    p = action("delete", "delete one version (never the active one)")
+    p.add_argument("line", type=line_arg, metavar="LINE", help=_LINE_HELP)
+    p.add_argument("version", type=_version_arg, metavar="VERSION", help="a stored version number")
     p.set_defaults(handler=_delete)
 
-    p = commands.add_parser("publish", help="upload an artifact file as the line's next version")
-    p.add_argument("line", type=line_arg, metavar="LINE")
+    p = action("publish", "upload an artifact file as the line's next version")
+    p.add_argument("line", type=line_arg, metavar="LINE", help=_LINE_HELP)
     p.add_argument("artifact", type=Path, metavar="FILE", help="a .safetensors line artifact")
     p.add_argument("--no-activate", action="store_true", help="upload only; keep the current one")
     p.set_defaults(handler=_publish)
 
-    p = commands.add_parser("export", help="write a version's artifact to a file (sha256-checked)")
-    p.add_argument("line", type=line_arg, metavar="LINE")
-    p.add_argument("--version", type=int, help="default: the active version")
-    p.add_argument("--out", type=Path, required=True, metavar="FILE")
+    p = action("export", "write a version's artifact to a file (sha256-checked)")
+    p.add_argument("line", type=line_arg, metavar="LINE", help=_LINE_HELP)
+    p.add_argument(
+        "--version", type=_version_arg, metavar="VERSION", help="default: the active version"
+    )
+    p.add_argument("--out", type=Path, required=True, metavar="FILE", help="file to write")
     p.set_defaults(handler=_export)
+
+
+def _version_arg(text: str) -> int:
+    """argparse type: version numbers start at 1, so anything else is a usage error (exit 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a version number (1, 2, ...)")
+    return value
 
 
 def record_summary(record: dict[str, Any]) -> dict[str, Any]:

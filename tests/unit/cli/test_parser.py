@@ -43,6 +43,11 @@ def test_every_command_has_help(command, capsys):
         ["eval", "--line", "A", "--artifact", "x.safetensors", "--data", "d"],
         ["eval", "--data", "d"],
         ["lines", "activate", "A", "seven"],
+        ["lines", "activate", "A", "0"],
+        ["lines", "delete", "A", "-1"],
+        ["lines", "export", "A", "--version", "0", "--out", "x.safetensors"],
+        ["data", "synth", "--out", "d", "--n-train", "-3"],
+        ["data", "synth", "--out", "d", "--size", "10"],
         ["lines", "show", "-bad"],
         ["--log-level", "LOUD", "lines", "list"],
     ],
@@ -100,3 +105,22 @@ def test_help_does_not_import_torch():
         check=True,
     )
     assert json.loads(done.stdout) == []
+
+
+def test_unreachable_kafka_is_one_line_naming_the_setting(monkeypatch, capsys):
+    """A down broker: one error line with the bootstrap address, exit 1, no traceback."""
+    import importlib
+
+    import kafka.errors
+
+    def handler(ctx):
+        raise kafka.errors.KafkaTimeoutError("Unable to bootstrap from 127.0.0.1:1")
+
+    # `lines list` stands in for the Kafka commands: the mapping lives in main's dispatch.
+    monkeypatch.setattr(importlib.import_module("memkd_stream.cli.lines"), "_list", handler)
+    monkeypatch.setenv("MEMKD_KAFKA__BOOTSTRAP_SERVERS", "127.0.0.1:1")
+    assert main(["lines", "list"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "Kafka at 127.0.0.1:1 is unreachable" in err
+    assert "[kafka-unavailable]" in err

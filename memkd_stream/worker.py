@@ -779,7 +779,9 @@ class Worker:
             abandoned=self.tracker.pending(),
             seconds=round(time.monotonic() - started, 2),
         )
-        self._close_clients(timeout_s=1.0)
+        # Leaving the group promptly hands our partitions over now rather than after the
+        # session timeout; give it what is left of the grace period (at least 2 s).
+        self._close_clients(timeout_s=max(2.0, grace - (time.monotonic() - started) - 0.5))
 
     def _abort(self) -> None:
         """Fatal path: no commit at all; close quickly so the orchestrator restarts us."""

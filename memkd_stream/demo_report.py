@@ -128,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     overlays_dir = args.out / "overlays"
     overlays_dir.mkdir(exist_ok=True)
+    for stale in overlays_dir.glob("*.png"):  # overlays of an earlier run
+        stale.unlink()
     picks = sorted(rows, key=lambda r: -r["score"])[: max(0, args.overlays - 1)]
     goods = [r for r in rows if r["label"] == 0 and r not in picks]
     if goods:

@@ -9,7 +9,7 @@ newer library is not silently misread.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from memkd.errors import ConfigError
@@ -108,7 +108,6 @@ class TrainConfig:
     device: str | None = None
     feature_cache_mb: int = 2048
     log_every: int = 10
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))

@@ -1,10 +1,12 @@
 # memkd-stream: one entry point for developers and CI (.ci/run runs `make test`).
 #
 #   make setup          venv + locked Python deps (uv), Kafka jars (Maven), redis-server (apt)
-#   make services-up    local Kafka (KRaft) on 127.0.0.1:$(KAFKA_PORT) + Redis on 127.0.0.1:$(REDIS_PORT)
+#   make services-up    local Kafka (KRaft) on 127.0.0.1:39092 + Redis on 127.0.0.1:36379
 #   make services-down  stop exactly what services-up started (pid files under var/run)
 #   make test           setup, services up, all tests, services down (if this run started them)
-#   make lint | demo | bench
+#   make lint           ruff check + format check (make format fixes)
+#   make demo           train a line, stream its test images through a worker, show the verdicts
+#   make bench          model speed, accuracy and end-to-end streaming benchmarks (bench/results)
 #
 # Ports are variables: `make test KAFKA_PORT=49092 KAFKA_CONTROLLER_PORT=49093 REDIS_PORT=46379`.
 
@@ -54,7 +56,7 @@ endef
 .PHONY: help setup services-up services-down services-status test lint format demo bench clean
 
 help:
-	@sed -n '3,9p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '3,11p' Makefile | sed 's/^# \{0,1\}//'
 
 setup: $(STAMPS)/venv $(STAMPS)/kafka-jars $(STAMPS)/redis
 

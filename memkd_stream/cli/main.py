@@ -144,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train, evaluate and manage MemKD line models; talk to the inspection stream.",
         epilog=EPILOG,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_package_version()}")
     subparsers = parser.add_subparsers(
         dest="command", metavar="COMMAND", required=True, parser_class=CommandParser
     )
@@ -159,6 +160,16 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         module.register(subparsers)
     return parser
+
+
+def _package_version() -> str:
+    """The installed distribution's version (what a bug report should quote)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("memkd-stream")
+    except PackageNotFoundError:  # running from a bare checkout
+        return "unknown"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

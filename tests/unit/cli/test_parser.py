@@ -124,3 +124,8 @@ def test_unreachable_kafka_is_one_line_naming_the_setting(monkeypatch, capsys):
     assert err.count("\n") == 1
     assert "Kafka at 127.0.0.1:1 is unreachable" in err
     assert "[kafka-unavailable]" in err
+
+
+def test_version(capsys):
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.startswith("memkd-stream ")

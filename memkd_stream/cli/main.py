@@ -252,8 +252,9 @@ def _describe(exc: BaseException, settings: Settings | None = None) -> str:
     if _is_kafka_unreachable(exc):
         where = settings.kafka.bootstrap_servers if settings is not None else "?"
         detail = str(exc).removeprefix(f"{type(exc).__name__}: ")
+        # kafka-python says the same "timed out" for a dead broker and for a missing topic.
         return (
-            f"Kafka at {where} is unreachable or did not answer in time: {detail} "
-            "(check MEMKD_KAFKA__BOOTSTRAP_SERVERS and that the broker is up)"
+            f"Kafka at {where} did not answer in time: {detail} (is the broker up and "
+            "MEMKD_KAFKA__BOOTSTRAP_SERVERS right? do the topics exist? memkd-stream topics create)"
         )
     return str(exc)

@@ -122,7 +122,7 @@ def test_unreachable_kafka_is_one_line_naming_the_setting(monkeypatch, capsys):
     assert main(["lines", "list"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1
-    assert "Kafka at 127.0.0.1:1 is unreachable" in err
+    assert "Kafka at 127.0.0.1:1 did not answer in time" in err
     assert "[kafka-unavailable]" in err
 
 

@@ -15,19 +15,6 @@ TESTS = Path(__file__).resolve().parent
 _FOLDER_MARKS = {"integration": "integration", "e2e": "e2e"}
 
 
-# kafka-python reads its protocol schemas with importlib.resources' deprecated read_text/open_text:
-# 218 identical warnings per run that bury the summary and are nothing this project can fix.
-_THIRD_PARTY_NOISE = (
-    "ignore:read_text is deprecated:DeprecationWarning",
-    "ignore:open_text is deprecated:DeprecationWarning",
-)
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    for spec in _THIRD_PARTY_NOISE:
-        config.addinivalue_line("filterwarnings", spec)
-
-
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         try:

@@ -15,7 +15,7 @@ settings that make the contract hold are not scattered:
 
 Threading (kafka-python 3.x): each client drives its own IO thread. Rebalance listener
 callbacks run on the *consumer's* IO thread while ``poll()`` waits for them, so they must not
-call the blocking consumer API (it raises); see ``worker.RebalanceHandler``.
+call the blocking consumer API (it raises); see ``rebalance.RebalanceHandler``.
 """
 
 from __future__ import annotations

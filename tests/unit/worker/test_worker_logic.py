@@ -10,7 +10,8 @@ import pytest
 from kafka import TopicPartition
 
 from memkd_stream.settings import load_settings
-from memkd_stream.worker import Worker, _Item
+from memkd_stream.work_item import WorkItem as _Item
+from memkd_stream.worker import Worker
 
 
 class FakeConsumer:

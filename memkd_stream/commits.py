@@ -1,0 +1,51 @@
+"""Offset commits: only the contiguous acked prefix of each partition (DESIGN.md §4).
+
+``OffsetTracker.committable()`` gives, per partition, the offset after the longest prefix of
+records whose result or dead letter the broker has acked; a commit never passes an unfinished
+record, however out of order the lines finish. Only partitions still assigned are committed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kafka import TopicPartition
+from kafka.structs import OffsetAndMetadata
+
+from memkd_stream.offsets import OffsetTracker
+from memkd_stream.run_state import RunState
+
+__all__ = ["OffsetCommitter"]
+
+
+class OffsetCommitter:
+    """Commits the acked prefix; used by the consumer thread and the revoke callback."""
+
+    def __init__(self, tracker: OffsetTracker, state: RunState, log: Any) -> None:
+        self.tracker = tracker
+        self.state = state
+        self.log = log
+
+    def commit(self, timeout_ms: int = 5000) -> None:
+        """Blocking commit of the assigned partitions (consumer thread only; never on the
+        consumer's IO thread, where kafka-python 3 forbids the blocking ``commit()``)."""
+        offsets = self.committable()
+        if not offsets:
+            return
+        try:
+            self.state.consumer.commit(offsets, timeout_ms=timeout_ms)
+        except Exception as exc:
+            self.log.warning("offset commit failed; retrying next round", error=str(exc))
+            return
+        self.mark_committed(offsets)
+
+    def committable(self, only: set[TopicPartition] | None = None) -> dict[Any, Any]:
+        assigned = set(self.state.consumer.assignment()) if only is None else only
+        return {
+            tp: OffsetAndMetadata(offset, "", -1)
+            for tp, offset in self.tracker.committable().items()
+            if tp in assigned
+        }
+
+    def mark_committed(self, offsets: dict[Any, Any]) -> None:
+        self.tracker.mark_committed({tp: om.offset for tp, om in offsets.items()})

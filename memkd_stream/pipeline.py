@@ -1,0 +1,304 @@
+"""The stages after the consumer: decode pool -> inference thread -> publisher thread.
+
+- **decode pool** (``worker.decode_threads``): resolves the line's model (``Engine.get_line``,
+  which may load from Redis), decodes + preprocesses the image, and queues it for inference.
+  A line whose model cannot be loaded now parks the record: the consumer thread is told through
+  ``control_q`` (it pauses the partition and resubmits the record, see ``flow_control``).
+- **inference thread**: owns the ``MicroBatcher``; runs one batch at a time through
+  ``Engine.score`` so the device is never shared; hands maps/scores to the publisher.
+- **publisher thread**: renders masks, encodes result JSON and produces. Encoding overlaps the
+  next forward, which is what keeps end-to-end throughput close to model-only throughput.
+
+None of these needs the consumer thread, so in-flight work keeps finishing while ``poll()`` is
+blocked in a rebalance callback. Failure paths: ``DecodeFailed`` / unknown line -> dead letter
+with its code; ``LineUnavailable`` -> parked, dead-lettered ``line-unavailable`` after
+``worker.line_unavailable_pause_s``; a model exception -> ``model-error`` for that batch.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import torch
+
+from memkd_stream import wire
+from memkd_stream.batcher import Batch, MicroBatcher
+from memkd_stream.decode import DecodeFailed, ImageDecoder, encode_mask_png
+from memkd_stream.health import Heartbeats
+from memkd_stream.offsets import OffsetTracker
+from memkd_stream.sink import ResultSink
+from memkd_stream.work_item import ScoredBatch, WorkItem, is_current, log_fields
+
+__all__ = ["Pipeline"]
+
+_SENTINEL: Any = object()
+
+
+class Pipeline:
+    """Owns the decode pool, the inference and publisher threads, and the queues between them."""
+
+    def __init__(
+        self,
+        settings: Any,
+        engine: Any,
+        decoder: ImageDecoder,
+        tracker: OffsetTracker,
+        metrics: Any,
+        heartbeats: Heartbeats,
+        sink: ResultSink,
+        draining: threading.Event,
+        log: Any,
+        worker_id: str,
+    ) -> None:
+        self.ws = settings.worker
+        self.kafka = settings.kafka
+        self.engine = engine
+        self.decoder = decoder
+        self.tracker = tracker
+        self.metrics = metrics
+        self.heartbeats = heartbeats
+        self.sink = sink
+        self.draining = draining
+        self.log = log
+        self.worker_id = worker_id
+        self.infer_q: queue.Queue[WorkItem] = queue.Queue()
+        self.publish_q: queue.Queue[ScoredBatch | None] = queue.Queue()
+        # decode pool -> consumer thread: ("park", item) and ("retry_done", item)
+        self.control_q: queue.Queue[tuple[str, WorkItem]] = queue.Queue()
+        self.decode_pool: ThreadPoolExecutor | None = None
+        self.threads: list[threading.Thread] = []
+        self._lock = threading.Lock()  # guards _unavailable_since (decode pool threads)
+        self._unavailable_since: dict[str, float] = {}
+
+    def start(self) -> None:
+        self.decode_pool = ThreadPoolExecutor(
+            max_workers=max(1, int(self.ws.decode_threads)), thread_name_prefix="memkd-decode"
+        )
+        for name, target in (
+            ("memkd-infer", self._infer_loop),
+            ("memkd-publish", self._publish_loop),
+        ):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self.threads.append(thread)
+
+    def submit(self, item: WorkItem) -> None:
+        """Hand a parsed record (or a parked one due for a retry) to the decode pool."""
+        assert self.decode_pool is not None
+        self.decode_pool.submit(self._decode, item)
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Stop the stages; with ``wait`` the inference thread first flushes its batches."""
+        if self.decode_pool is not None:
+            self.decode_pool.shutdown(wait=wait, cancel_futures=not wait)
+        if self.threads:
+            self.infer_q.put(_SENTINEL)
+            if wait:
+                for thread in self.threads:
+                    thread.join(timeout=10)
+            self.threads = []
+
+    # ------------------------------------------------------------------ decode pool
+    def _decode(self, item: WorkItem) -> None:
+        try:
+            self._decode_one(item)
+        except Exception as exc:  # never lose a record to an unexpected error
+            self.log.exception("decode stage failed", **log_fields(item))
+            self.sink.dead_letter(item, "decode-error", f"internal decode failure: {exc}")
+        finally:
+            if item.retry:
+                item.retry = False
+                self.control_q.put(("retry_done", item))
+
+    def _decode_one(self, item: WorkItem) -> None:
+        if not is_current(self.tracker, item):
+            return
+        request = item.request
+        assert request is not None
+        started = time.perf_counter()
+        try:
+            loaded = self.engine.get_line(request.line)
+        except Exception as exc:
+            code = getattr(exc, "code", "")
+            if code == "unknown-line":
+                self.sink.dead_letter(item, "unknown-line", str(exc))
+                return
+            self._line_unavailable(item, exc)
+            return
+        with self._lock:
+            if self._unavailable_since.pop(request.line, None) is not None:
+                self.metrics.set_unavailable(request.line, False)
+                self.log.info("line available again", line=request.line)
+        size, mean, std, roi = self.engine.preprocess_params(loaded)
+        try:
+            decoded = self.decoder.decode(request.value, size=size, mean=mean, std=std, roi=roi)
+        except DecodeFailed as exc:
+            self.sink.dead_letter(item, exc.code, exc.detail)
+            return
+        item.loaded = loaded
+        item.decoded = decoded
+        item.decode_s = time.perf_counter() - started
+        item.decoded_mono = time.monotonic()
+        self.metrics.stage("decode", item.decode_s)
+        self.infer_q.put(item)
+
+    def _line_unavailable(self, item: WorkItem, exc: BaseException) -> None:
+        line = item.request.line if item.request else "?"
+        now = time.monotonic()
+        pause_s = float(self.ws.line_unavailable_pause_s)
+        with self._lock:
+            since = self._unavailable_since.setdefault(line, now)
+            first = since == now
+        if first:
+            self.metrics.set_unavailable(line, True)
+            self.log.warning(
+                "line model unavailable; pausing its partition and retrying",
+                pause_s=pause_s,
+                error=str(exc),
+                **log_fields(item),
+            )
+        if now - since >= pause_s:
+            self.sink.dead_letter(
+                item,
+                "line-unavailable",
+                f"line {line!r} could not be loaded for {now - since:.0f}s "
+                f"(worker.line_unavailable_pause_s={pause_s}): {exc}",
+            )
+            return
+        self.control_q.put(("park", item))
+
+    # ------------------------------------------------------------------ inference thread
+    def _infer_loop(self) -> None:
+        batcher: MicroBatcher[WorkItem] = MicroBatcher(
+            int(self.ws.max_batch), float(self.ws.max_wait_ms) / 1000.0
+        )
+        while True:
+            self.heartbeats.beat("inference")
+            deadline = batcher.next_deadline()
+            timeout = 0.2 if deadline is None else min(0.2, max(0.0, deadline - time.monotonic()))
+            try:
+                item = self.infer_q.get(timeout=timeout)
+            except queue.Empty:
+                item = None
+            if item is not None:
+                if item is _SENTINEL:
+                    break
+                self._add(batcher, item)
+                while True:  # take everything already decoded: bigger batches, same latency
+                    try:
+                        more = self.infer_q.get_nowait()
+                    except queue.Empty:
+                        break
+                    if more is _SENTINEL:
+                        self.infer_q.put(more)
+                        break
+                    self._add(batcher, more)
+            ready = batcher.pop_all() if self.draining.is_set() else batcher.pop_ready()
+            for group in ready:
+                self._run_batch(group)
+        for group in batcher.pop_all():
+            self._run_batch(group)
+        self.publish_q.put(None)
+
+    @staticmethod
+    def _add(batcher: MicroBatcher[WorkItem], item: WorkItem) -> None:
+        batcher.add((item.loaded.line, item.loaded.version, item.loaded.backbone), item)
+
+    def _run_batch(self, group: Batch[WorkItem]) -> None:
+        items = [it for it in group.items if is_current(self.tracker, it)]
+        if not items:
+            return
+        loaded = items[0].loaded
+        now = time.monotonic()
+        waits = [now - it.decoded_mono for it in items]
+        started_wall = time.time()
+        t0 = time.perf_counter()
+        try:
+            batch = torch.stack([it.decoded.tensor for it in items])  # type: ignore[union-attr]
+            result = self.engine.score(loaded, batch)
+            maps = result.maps[:, 0].detach().float().cpu().numpy()
+            scores = [float(s) for s in result.scores.detach().float().cpu()]
+        except Exception as exc:
+            self.log.exception(
+                "model failed on a batch", line=loaded.line, version=loaded.version, size=len(items)
+            )
+            for it in items:
+                self.sink.dead_letter(it, "model-error", f"{type(exc).__name__}: {exc}")
+            return
+        forward_s = time.perf_counter() - t0
+        self.metrics.batch(len(items), forward_s)
+        self.publish_q.put(ScoredBatch(items, loaded, maps, scores, started_wall, forward_s, waits))
+
+    # ------------------------------------------------------------------ publisher thread
+    def _publish_loop(self) -> None:
+        from memkd.anomaly import render_mask
+
+        while True:
+            scored = self.publish_q.get()
+            if scored is None:
+                break
+            try:
+                self._publish(scored, render_mask)
+            except Exception as exc:
+                self.log.exception("publishing a batch failed", error=str(exc))
+                for it in scored.items:
+                    self.sink.dead_letter(it, "model-error", f"result encoding failed: {exc}")
+
+    def _publish(self, scored: ScoredBatch, render_mask: Any) -> None:
+        loaded = scored.loaded
+        threshold = float(loaded.model.calibration.threshold)
+        n = len(scored.items)
+        for i, item in enumerate(scored.items):
+            request = item.request
+            assert request is not None and item.decoded is not None
+            t0 = time.perf_counter()
+            score = scored.scores[i]
+            try:
+                mask = render_mask(scored.maps[i], threshold)
+                png = encode_mask_png(mask)
+                now_wall = time.time()
+                value = wire.encode_result(
+                    request,
+                    model_version=loaded.model_version,
+                    score=score,
+                    threshold=threshold,
+                    image_hw=(item.decoded.height, item.decoded.width),
+                    mask_png=png,
+                    mask_hw=(int(mask.shape[0]), int(mask.shape[1])),
+                    timing_ms={
+                        "queue": (scored.started_wall - request.received_at) * 1000.0,
+                        "infer": scored.forward_s * 1000.0,
+                        "total": (now_wall - request.received_at) * 1000.0,
+                    },
+                    worker=self.worker_id,
+                )
+            except ValueError as exc:
+                self.sink.dead_letter(item, "model-error", f"unusable model output: {exc}")
+                continue
+            encode_s = time.perf_counter() - t0
+            self.metrics.stage("encode", encode_s)
+            self.metrics.stage("batch_wait", scored.batch_wait_s[i])
+            self.metrics.stage("forward", scored.forward_s / n)
+            self.metrics.queued(scored.started_wall - request.received_at)
+            self.metrics.scored(loaded.line, loaded.version, score, score >= threshold)
+            self.sink.send(
+                self.kafka.results_topic,
+                item,
+                key=request.line.encode("utf-8"),
+                value=value,
+                headers=wire.result_headers(request),
+                on_ack=self._result_acked,
+            )
+
+    def _result_acked(self, item: WorkItem, sent_perf: float) -> None:
+        # producer IO thread (delivery callback)
+        request = item.request
+        assert request is not None
+        self.metrics.stage("produce", time.perf_counter() - sent_perf)
+        now = time.time()
+        e2e = now - request.sent_at_ms / 1000.0 if request.sent_at_ms else now - request.received_at
+        self.metrics.result_acked(request.line, e2e)

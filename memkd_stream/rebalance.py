@@ -1,0 +1,117 @@
+"""Partition ownership changes: finish or abandon revoked work, commit it, forget it.
+
+kafka-python 3.x runs these callbacks on the consumer's IO thread while ``poll()`` waits, so
+the consumer thread is blocked meanwhile; the pipeline threads are not, and keep finishing the
+revoked partitions' in-flight records. Revoke budget: we wait at most
+``worker.rebalance_budget_s`` for them, far below ``session.timeout.ms`` (45 s), so the member
+is not evicted while heartbeats pause; whatever is not finished by then is abandoned,
+uncommitted, for the next owner (a duplicate at worst, never a gap: DESIGN.md §4).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from kafka import AsyncConsumerRebalanceListener, TopicPartition
+
+from memkd_stream.commits import OffsetCommitter
+from memkd_stream.flow_control import FlowControl
+from memkd_stream.offsets import OffsetTracker
+from memkd_stream.run_state import RunState
+from memkd_stream.work_item import partition_names
+
+__all__ = ["RebalanceHandler"]
+
+
+class RebalanceHandler(AsyncConsumerRebalanceListener):
+    """Runs on the consumer's IO thread while ``poll()`` waits (kafka-python 3.x).
+
+    Revoke: wait (bounded) for the revoked partitions' in-flight records, then commit their
+    acked prefix with an awaited async commit (the blocking ``commit()`` is forbidden on the IO
+    thread), then forget them. Heartbeats pause while we wait; the budget is far below
+    ``session.timeout.ms`` (45 s), so the member is not evicted for it.
+    """
+
+    def __init__(
+        self,
+        ws: Any,
+        tracker: OffsetTracker,
+        metrics: Any,
+        state: RunState,
+        committer: OffsetCommitter,
+        flow: FlowControl,
+        positions: dict[TopicPartition, int],
+        log: Any,
+    ) -> None:
+        self.ws = ws
+        self.tracker = tracker
+        self.metrics = metrics
+        self.state = state
+        self.committer = committer
+        self.flow = flow
+        self.positions = positions  # the consumer loop's next offsets (lag gauges)
+        self.log = log
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        offsets = self.finish_revoked(set(revoked))
+        if offsets:
+            try:
+                await self.state.consumer.commit_async(offsets)
+                self.committer.mark_committed(offsets)
+            except Exception as exc:
+                self.log.warning(
+                    "commit on revoke failed; the next owner re-reads from the last commit",
+                    error=str(exc),
+                )
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        self.on_assigned(set(assigned))
+
+    async def on_partitions_lost(self, lost: Any) -> None:
+        self.forget(set(lost), reason="lost")
+
+    def on_assigned(self, assigned: set[TopicPartition]) -> None:
+        self.metrics.partitions_assigned.set(len(self.state.consumer.assignment()))
+        self.log.info("partitions assigned", partitions=partition_names(assigned))
+
+    def finish_revoked(self, revoked: set[TopicPartition]) -> dict[Any, Any]:
+        """Finish (or abandon after the budget) the revoked partitions' in-flight records and
+        return their committable offsets; they are forgotten afterwards."""
+        if self.state.closing:
+            # closing: the drain already committed; after a fatal error nothing more is
+            # committed (the broker is likely gone and the close must not wait on it)
+            offsets = {} if self.state.fatal else self.committer.committable(only=revoked)
+            self.forget(revoked, reason="closed")
+            return offsets
+        with self.flow.lock:
+            # Parked records wait for a line that may stay down longer than the budget: abandon
+            # them now; the next owner retries them from the last commit.
+            waiting = {tp for tp in revoked if tp not in self.flow.parked}
+        budget = float(self.ws.rebalance_budget_s)
+        done = self.tracker.wait_idle(waiting, budget)
+        offsets = self.committer.committable(only=revoked)
+        self.log.info(
+            "partitions revoked",
+            partitions=partition_names(revoked),
+            finished=done,
+            abandoned=self.tracker.pending(revoked),
+            commit={f"{tp.topic}:{tp.partition}": om.offset for tp, om in offsets.items()},
+        )
+        self.forget(revoked, reason="revoked")
+        return offsets
+
+    def forget(self, tps: set[TopicPartition], *, reason: str) -> None:
+        """Drop every trace of the partitions; late results of theirs are then not sent."""
+        with self.flow.lock:
+            for tp in tps:
+                self.flow.forget(tp)
+                self.positions.pop(tp, None)
+                self.tracker.forget(tp)
+                self.metrics.drop_lag(tp.topic, tp.partition)
+        if reason == "lost":
+            self.log.warning(
+                "partitions lost (evicted from the group)", partitions=partition_names(tps)
+            )
+        with contextlib.suppress(Exception):
+            self.metrics.partitions_assigned.set(len(set(self.state.consumer.assignment()) - tps))

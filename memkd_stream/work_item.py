@@ -1,0 +1,71 @@
+"""What travels through the worker's pipeline: one request (``WorkItem``) and one scored batch.
+
+An item remembers its partition's ``OffsetTracker`` generation at the time it was read, so any
+stage can tell that the partition was revoked or lost since (``is_current``) and drop the item:
+its next owner re-reads it from the last commit, so producing it here would only duplicate it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from kafka import TopicPartition
+
+from memkd_stream import wire
+from memkd_stream.decode import DecodedImage
+from memkd_stream.offsets import OffsetTracker
+
+__all__ = ["ScoredBatch", "WorkItem", "is_current", "log_fields", "partition_names"]
+
+
+@dataclass
+class WorkItem:
+    """One request travelling through the pipeline."""
+
+    tp: TopicPartition
+    generation: int
+    offset: int
+    key: bytes | None
+    value: bytes | None = field(repr=False)
+    headers: list[tuple[str, bytes]]
+    request: wire.Request | None = None
+    loaded: Any = None  # engine.LoadedLine
+    decoded: DecodedImage | None = None
+    received_mono: float = 0.0
+    decoded_mono: float = 0.0
+    decode_s: float = 0.0
+    retry: bool = False
+
+
+@dataclass
+class ScoredBatch:
+    """A batch's outputs waiting to be published."""
+
+    items: list[WorkItem]
+    loaded: Any
+    maps: Any  # np.ndarray [B, H, W] float32
+    scores: list[float]
+    started_wall: float
+    forward_s: float
+    batch_wait_s: list[float]
+
+
+def is_current(tracker: OffsetTracker, item: WorkItem) -> bool:
+    """False when the item's partition was forgotten (revoked/lost) after it was read."""
+    return tracker.generation(item.tp) == item.generation
+
+
+def log_fields(item: WorkItem, offset: int | None = None) -> dict[str, Any]:
+    """The fields every log line about one record carries."""
+    req = item.request
+    return {
+        "line": req.line if req else None,
+        "id": req.id if req else None,
+        "partition": item.tp.partition,
+        "offset": item.offset if offset is None else offset,
+    }
+
+
+def partition_names(tps: set[TopicPartition]) -> list[str]:
+    return sorted(f"{tp.topic}:{tp.partition}" for tp in tps)

@@ -10,7 +10,7 @@ time, which other processes barely disturb (the README's figures say which clock
 WRN50 uses random weights when no weight file is given: speed does not depend on the values.
 
     .venv/bin/python bench/model_speed.py            # full grid
-    .venv/bin/python bench/model_speed.py --quick    # lite0 and WRN50, batch 1 and 8, eager
+    .venv/bin/python bench/model_speed.py --quick    # lite0+WRN50, batch 1 and 8, eager, CPU clock
 """
 
 from __future__ import annotations
@@ -136,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.batches, args.modes, args.reps = "1,8", "eager", 3
+        args.clock, args.threads = "cpu", args.threads or 1  # shared CI cores: wall time is noise
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.clock == "cpu":

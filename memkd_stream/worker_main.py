@@ -2,9 +2,10 @@
 
 Builds everything from settings (DESIGN.md §6), serves ``/metrics``, ``/healthz`` and ``/readyz``,
 loads the teachers and preloads lines, starts the hot swapper and runs the Kafka loop until
-SIGTERM/SIGINT. Exit codes: 0 after a clean drain, 2 bad settings or a teacher that cannot be
-loaded, 3 Kafka broker unreachable for longer than ``kafka.unreachable_timeout_s`` (Kubernetes
-restarts the pod; nothing unacknowledged was committed).
+SIGTERM/SIGINT (logged the moment it arrives). Exit codes: 0 after a clean drain, 2 bad settings
+or a teacher that cannot be loaded, 3 Kafka broker unreachable for longer than
+``kafka.unreachable_timeout_s`` (Kubernetes restarts the pod; nothing unacknowledged was
+committed).
 """
 
 from __future__ import annotations
@@ -26,16 +27,44 @@ EXIT_SETTINGS = 2
 _HARD_EXIT_MARGIN_S = 5.0
 
 
+_EPILOG = """\
+HTTP endpoints (on MEMKD_METRICS__HOST:MEMKD_METRICS__PORT, default 0.0.0.0:9400):
+  /metrics   Prometheus metrics
+  /healthz   liveness: the loops are alive (200) or stuck (503)
+  /readyz    readiness: teachers loaded and the broker reachable (200) or not (503)
+
+exit codes:
+  0  drained and stopped after SIGTERM/SIGINT
+  2  bad settings, or a teacher that cannot be loaded
+  3  Kafka broker unreachable for longer than kafka.unreachable_timeout_s
+
+examples:
+  MEMKD_KAFKA__BOOTSTRAP_SERVERS=kafka:9092 MEMKD_REDIS__URL=redis://redis:6379/0 memkd-worker
+  memkd-worker --config worker.toml --log-level DEBUG
+"""
+
+
+def _package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("memkd-stream")
+    except PackageNotFoundError:  # running from a bare checkout
+        return "unknown"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="memkd-worker",
         description=(
-            "Consume camera images from Kafka, score them with each line's MemKD model, publish "
-            "results and dead letters. Settings come from MEMKD_* environment variables "
-            "(e.g. MEMKD_KAFKA__BOOTSTRAP_SERVERS) and --config FILE."
+            "Consume camera images from Kafka, score them with each line's MemKD model, publish\n"
+            "results and dead letters. Settings come from MEMKD_* environment variables\n"
+            "(e.g. MEMKD_KAFKA__BOOTSTRAP_SERVERS) and --config FILE (environment wins)."
         ),
-        epilog="exit codes: 0 clean shutdown, 2 bad settings/teacher, 3 broker unreachable",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_package_version()}")
     parser.add_argument(
         "--config", type=Path, metavar="FILE", help="TOML settings file (environment wins)"
     )
@@ -54,10 +83,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Signals first: a SIGTERM during start-up (imports, teacher load) is a clean stop too.
     stop_requested = threading.Event()
     worker_ref: list = []
+    log_ref: list = []  # the logger once logging is configured
     grace = {"s": 30.0}
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
-        if stop_requested.is_set():
+        # Say so at once: a drain can take drain_grace_s, and a silent pod looks hung.
+        name = signal.Signals(signum).name
+        again = stop_requested.is_set()
+        if log_ref:
+            if again:
+                log_ref[0].info("signal received again; already draining", signal=name)
+            else:
+                log_ref[0].info(
+                    "signal received; draining then exiting",
+                    signal=name,
+                    drain_grace_s=grace["s"],
+                )
+        else:
+            print(f"memkd-worker: {name} received; stopping", file=sys.stderr, flush=True)
+        if again:
             return
         stop_requested.set()
         for worker in worker_ref:
@@ -88,6 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(log_settings)
     log = get_logger("memkd_stream.worker_main")
     grace["s"] = float(settings.worker.drain_grace_s)
+    log_ref.append(log)
 
     from memkd_stream.engine import Engine
     from memkd_stream.health import HealthServer, Heartbeats

@@ -4,6 +4,11 @@
 file's bytes, headers ``memkd-id`` / ``memkd-sent-at`` plus any ``--header K=V``); ``results``
 shows what the workers published, as a table or JSON; ``topics create`` makes the three topics
 with the size limit the worker is configured for (idempotent).
+
+These are interactive commands: they wait ``--connect-timeout`` seconds (default 10) for the
+broker, not the worker's long budgets, and say in one line when it does not answer or when a
+topic is missing (a missing topic would otherwise look like an empty one, or hang ``produce``
+for a minute while kafka-python waits for its metadata).
 """
 
 from __future__ import annotations
@@ -16,10 +21,78 @@ from pathlib import Path
 from typing import Any
 
 from memkd_stream.cli.main import Context, line_arg
+from memkd_stream.errors import MemkdStreamError
 
-__all__ = ["IMAGE_SUFFIXES", "collect_images", "read_results", "register"]
+__all__ = [
+    "CONNECT_TIMEOUT_S",
+    "IMAGE_SUFFIXES",
+    "KafkaUnavailable",
+    "TopicMissing",
+    "collect_images",
+    "plural",
+    "read_results",
+    "register",
+]
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
+# How long a command waits for the broker before saying it is unreachable. The clients'
+# defaults (30 s bootstrap, 60 s producer metadata) suit the worker, not a person at a prompt.
+CONNECT_TIMEOUT_S = 10.0
+
+
+class TopicMissing(MemkdStreamError):
+    """The topic a command reads or writes does not exist on the broker."""
+
+    code = "topic-missing"
+
+
+class KafkaUnavailable(MemkdStreamError):
+    """No broker answered within the connect timeout."""
+
+    code = "kafka-unavailable"
+
+
+def plural(n: int, word: str) -> str:
+    """``plural(1, "image")`` -> ``"1 image"``; ``plural(3, "image")`` -> ``"3 images"``."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+_PRODUCE_EXAMPLES = """\
+examples:
+  memkd-stream produce --line A data/synth/grass/test --id-from-filename
+  memkd-stream produce --line A part-0042.png --header station=7
+  memkd-stream produce --line A images/ --rate 5 --id-prefix run1/
+
+the topic is kafka.inspect_topic (MEMKD_KAFKA__INSPECT_TOPIC); create it first with
+`memkd-stream topics create`.
+"""
+
+_RESULTS_EXAMPLES = """\
+examples:
+  memkd-stream results                      what is on the results topic now
+  memkd-stream results --line A --max 20
+  memkd-stream results --follow             new results as they arrive (Ctrl-C stops)
+  memkd-stream results --dlq --json         dead letters, for a script
+"""
+
+_TOPICS_EXAMPLES = """\
+examples:
+  memkd-stream topics create
+  memkd-stream topics create --partitions 12
+  MEMKD_KAFKA__INSPECT_TOPIC=test.inspect memkd-stream topics create
+
+names: kafka.inspect_topic, kafka.results_topic, kafka.dlq_topic (MEMKD_KAFKA__*_TOPIC).
+"""
+
+
+def _add_connect_timeout(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=CONNECT_TIMEOUT_S,
+        metavar="S",
+        help=f"seconds to wait for the broker before giving up (default {CONNECT_TIMEOUT_S:g})",
+    )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -27,6 +100,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "produce",
         help="send images to the inspect topic as a camera would",
         description="Send image files (or every image under folders) to the inspect topic.",
+        epilog=_PRODUCE_EXAMPLES,
     )
     p.add_argument("--line", type=line_arg, required=True, help="line id (the record key)")
     p.add_argument("paths", type=Path, nargs="+", metavar="PATH", help="image files or folders")
@@ -45,12 +119,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "default: the worker's topic:partition:offset",
     )
     p.add_argument("--id-prefix", default="", metavar="TEXT", help="prepended to each memkd-id")
+    _add_connect_timeout(p)
     p.set_defaults(handler=_produce)
 
     p = subparsers.add_parser(
         "results",
         help="show scored results (id, line, version, score, verdict)",
         description="Read the results topic. Without --follow: what is there now, then exit.",
+        epilog=_RESULTS_EXAMPLES,
     )
     p.add_argument("--line", type=line_arg, default=None, help="only this line")
     p.add_argument("--follow", action="store_true", help="keep printing new results")
@@ -62,13 +138,100 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max", type=int, default=None, metavar="N", help="stop after N results")
     p.add_argument("--timeout", type=float, default=None, metavar="S", help="stop after S seconds")
     p.add_argument("--dlq", action="store_true", help="read the dead-letter topic instead")
+    _add_connect_timeout(p)
     p.set_defaults(handler=_results)
 
-    p = subparsers.add_parser("topics", help="create the inspect, results and dlq topics")
+    p = subparsers.add_parser(
+        "topics",
+        help="create the inspect, results and dlq topics",
+        description=(
+            "Manage the three Kafka topics the workers use: inspect (camera images in), "
+            "results (scores out) and dlq (records that could not be scored)."
+        ),
+        epilog=_TOPICS_EXAMPLES,
+    )
     actions = p.add_subparsers(dest="topics_command", metavar="ACTION", required=True)
-    c = actions.add_parser("create", help="create missing topics (existing ones are kept)")
-    c.add_argument("--partitions", type=int, default=None, help="default: kafka.partitions")
+    c = actions.add_parser(
+        "create",
+        help="create missing topics (existing ones are kept)",
+        description=(
+            "Create the inspect, results and dlq topics when missing, with max.message.bytes = "
+            "kafka.max_message_bytes (the image size limit). Existing topics are reported, "
+            "never altered, so running it again is safe."
+        ),
+        epilog=_TOPICS_EXAMPLES,
+    )
+    c.add_argument(
+        "--partitions",
+        type=int,
+        default=None,
+        metavar="N",
+        help="partitions of each new topic (default: kafka.partitions, MEMKD_KAFKA__PARTITIONS)",
+    )
+    _add_connect_timeout(c)
     c.set_defaults(handler=_topics_create)
+
+
+# ------------------------------------------------------------------------------ broker
+def _timeout_ms(timeout_s: float) -> int:
+    return max(1000, int(timeout_s * 1000))
+
+
+def _unavailable(kafka: Any, timeout_s: float, exc: BaseException) -> KafkaUnavailable:
+    detail = str(exc).removeprefix(f"{type(exc).__name__}: ") or type(exc).__name__
+    return KafkaUnavailable(
+        f"Kafka at {kafka.bootstrap_servers} did not answer within {timeout_s:g} s ({detail}); "
+        "is the broker up and MEMKD_KAFKA__BOOTSTRAP_SERVERS right?"
+    )
+
+
+def _is_unreachable(exc: BaseException) -> bool:
+    from kafka import errors
+
+    # NoBrokersAvailable is gone from kafka-python 3.x (a dead broker is a KafkaTimeoutError
+    # there); kept for 2.x.
+    names = ("NoBrokersAvailable", "KafkaTimeoutError", "KafkaConnectionError")
+    kinds = tuple(getattr(errors, n) for n in names if hasattr(errors, n))
+    return isinstance(exc, kinds)
+
+
+def broker_topics(kafka: Any, timeout_s: float = CONNECT_TIMEOUT_S) -> set[str]:
+    """The broker's topic names, asked with a short timeout (raises KafkaUnavailable)."""
+    from kafka.admin import KafkaAdminClient
+
+    from memkd_stream.kafka_clients import connection_kwargs
+
+    ms = _timeout_ms(timeout_s)
+    config = connection_kwargs(kafka)
+    config.update(
+        client_id=f"{kafka.client_id}-cli",
+        bootstrap_timeout_ms=ms,
+        request_timeout_ms=ms,
+        reconnect_backoff_max_ms=min(ms, 1000),
+    )
+    try:
+        admin = KafkaAdminClient(**config)
+    except Exception as exc:
+        if _is_unreachable(exc):
+            raise _unavailable(kafka, timeout_s, exc) from exc
+        raise
+    try:
+        return set(admin.list_topics())
+    except Exception as exc:
+        if _is_unreachable(exc):
+            raise _unavailable(kafka, timeout_s, exc) from exc
+        raise
+    finally:
+        admin.close()
+
+
+def _require_topic(kafka: Any, topic: str, topics: set[str], what: str = "") -> None:
+    if topic not in topics:
+        name = f"{topic} ({what})" if what else topic
+        raise TopicMissing(
+            f"topic {name} does not exist on {kafka.bootstrap_servers}; "
+            "create it with: memkd-stream topics create"
+        )
 
 
 # ------------------------------------------------------------------------------ produce
@@ -112,7 +275,15 @@ def _produce(ctx: Context) -> int:
     except argparse.ArgumentTypeError as exc:
         ctx.out.error("usage", str(exc))
         return 2
-    producer = make_producer(kafka)
+    timeout_s = float(args.connect_timeout)
+    _require_topic(kafka, kafka.inspect_topic, broker_topics(kafka, timeout_s), "inspect")
+    ms = _timeout_ms(timeout_s)
+    try:
+        producer = make_producer(kafka, bootstrap_timeout_ms=ms, max_block_ms=ms)
+    except Exception as exc:
+        if _is_unreachable(exc):
+            raise _unavailable(kafka, timeout_s, exc) from exc
+        raise
     interval = 1.0 / args.rate if args.rate else 0.0
     started = time.monotonic()
     futures = []
@@ -137,6 +308,10 @@ def _produce(ctx: Context) -> int:
         producer.flush(timeout=float(kafka.request_timeout_ms) / 1000 + 5)
         for future in futures:
             future.get(timeout=1)  # raises if the broker refused a record
+    except Exception as exc:
+        if _is_unreachable(exc):
+            raise _unavailable(kafka, timeout_s, exc) from exc
+        raise
     finally:
         producer.close(timeout=5)
     elapsed = time.monotonic() - started
@@ -149,7 +324,7 @@ def _produce(ctx: Context) -> int:
     }
     ctx.out.result(
         summary,
-        f"sent {len(futures)} images ({total_bytes} bytes) for line {args.line} to "
+        f"sent {plural(len(futures), 'image')} ({total_bytes} bytes) for line {args.line} to "
         f"{kafka.inspect_topic} in {elapsed:.1f}s",
     )
     return 0
@@ -166,25 +341,40 @@ def read_results(
     max_records: int | None = None,
     timeout_s: float | None = None,
     on_record: Any = None,
+    require_topic: bool = False,
+    connect_timeout_s: float | None = None,
 ) -> list[dict[str, Any]]:
     """Read ``topic`` without a consumer group (nothing is committed, nothing is taken from the
-    workers) and return parsed records: results as their JSON, dead letters as their headers."""
+    workers) and return parsed records: results as their JSON, dead letters as their headers.
+
+    A missing topic reads as empty unless ``require_topic`` (then TopicMissing);
+    ``connect_timeout_s`` bounds the wait for the broker (then KafkaUnavailable)."""
     from kafka import KafkaConsumer, TopicPartition
 
     from memkd_stream.kafka_clients import connection_kwargs
 
-    consumer = KafkaConsumer(
-        group_id=None,
-        enable_auto_commit=False,
-        fetch_max_bytes=max(52428800, int(kafka.max_message_bytes) + 1024 * 1024),
-        max_partition_fetch_bytes=int(kafka.max_message_bytes) + 1024 * 1024,
-        **connection_kwargs(kafka),
-    )
+    config = connection_kwargs(kafka)
+    if connect_timeout_s is not None:
+        config["bootstrap_timeout_ms"] = _timeout_ms(connect_timeout_s)
+    try:
+        consumer = KafkaConsumer(
+            group_id=None,
+            enable_auto_commit=False,
+            fetch_max_bytes=max(52428800, int(kafka.max_message_bytes) + 1024 * 1024),
+            max_partition_fetch_bytes=int(kafka.max_message_bytes) + 1024 * 1024,
+            **config,
+        )
+    except Exception as exc:
+        if connect_timeout_s is not None and _is_unreachable(exc):
+            raise _unavailable(kafka, connect_timeout_s, exc) from exc
+        raise
     out: list[dict[str, Any]] = []
     try:
         partitions = consumer.partitions_for_topic(topic) or set()
         tps = [TopicPartition(topic, p) for p in sorted(partitions)]
         if not tps:
+            if require_topic:
+                _require_topic(kafka, topic, set())
             return out
         consumer.assign(tps)
         if follow and not from_beginning:
@@ -266,7 +456,10 @@ def _results(ctx: Context) -> int:
     args = ctx.args
     kafka = ctx.settings.kafka
     topic = kafka.dlq_topic if args.dlq else kafka.results_topic
+    what = "dead letters" if args.dlq else "results"
     out = ctx.out
+    timeout_s = float(args.connect_timeout)
+    _require_topic(kafka, topic, broker_topics(kafka, timeout_s), what)
     if args.follow:
         if out.json_mode:
 
@@ -288,6 +481,7 @@ def _results(ctx: Context) -> int:
                 max_records=args.max,
                 timeout_s=args.timeout,
                 on_record=show,
+                connect_timeout_s=timeout_s,
             )
         except KeyboardInterrupt:
             return 0
@@ -300,12 +494,14 @@ def _results(ctx: Context) -> int:
         line=args.line,
         max_records=args.max,
         timeout_s=args.timeout,
+        require_topic=True,
+        connect_timeout_s=timeout_s,
     )
 
     def human(console: Any) -> None:
         from rich.table import Table
 
-        table = Table(*_COLUMNS, title=f"{len(docs)} records on {topic}")
+        table = Table(*_COLUMNS, title=f"{plural(len(docs), 'record')} on {topic}")
         for doc in docs:
             table.add_row(*_row(doc))
         console.print(table)
@@ -318,7 +514,10 @@ def _results(ctx: Context) -> int:
 def _topics_create(ctx: Context) -> int:
     from memkd_stream.topics import ensure_topics
 
-    statuses = ensure_topics(ctx.settings.kafka, partitions=ctx.args.partitions)
+    kafka = ctx.settings.kafka
+    # ensure_topics' admin client waits the full bootstrap budget; ask quickly first.
+    broker_topics(kafka, float(ctx.args.connect_timeout))
+    statuses = ensure_topics(kafka, partitions=ctx.args.partitions)
     data = [{"topic": s.name, "partitions": s.partitions, "created": s.created} for s in statuses]
     lines = [
         f"{s.name}: {'created' if s.created else 'exists'} ({s.partitions} partitions)"

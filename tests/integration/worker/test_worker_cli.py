@@ -1,19 +1,23 @@
-"""``memkd-stream topics create | produce | results`` on the real broker, as users run them."""
+"""``memkd-stream topics create | produce | results`` and ``memkd-worker`` as users run them,
+on the real broker: the happy path, missing topics, a dead broker, help and SIGTERM."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
-from tests.integration.worker.conftest import REPO, WorkerEnv
+from tests.integration.worker.conftest import REPO, WORKER_BIN, WorkerEnv, wait_ready
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
 CLI = str(REPO / ".venv" / "bin" / "memkd-stream")
+WORKER = str(WORKER_BIN)
 
 
 def _run(env: WorkerEnv, *args: str) -> subprocess.CompletedProcess[str]:
@@ -65,3 +69,72 @@ def test_topics_produce_results(worker_env: WorkerEnv, artifact_v1: Path, line_d
     table = _run(worker_env, "results", "--max", "3")
     assert table.returncode == 0, table.stderr
     assert "score" in table.stdout and "A@1" in table.stdout
+    assert "3 records on" in table.stdout
+    one = _run(worker_env, "produce", "--line", "A", str(next(folder.rglob("*.png"))))
+    assert one.returncode == 0, one.stderr
+    assert one.stdout.startswith("sent 1 image (")
+
+
+def test_missing_topics_fail_fast_with_a_hint(worker_env: WorkerEnv, tmp_path: Path) -> None:
+    """A missing topic is an error (exit 1), not an empty table or a minute-long hang."""
+    image = tmp_path / "x.png"
+    image.write_bytes(b"not really a png")
+    gone = {
+        "MEMKD_KAFKA__RESULTS_TOPIC": f"{worker_env.results}.missing",
+        "MEMKD_KAFKA__INSPECT_TOPIC": f"{worker_env.inspect}.missing",
+    }
+    missing = WorkerEnv(worker_env.suffix, worker_env.partitions, {**worker_env.env, **gone})
+    for args in (("results",), ("produce", "--line", "A", str(image))):
+        started = time.monotonic()
+        done = _run(missing, *args)
+        assert done.returncode == 1, (args, done.stdout, done.stderr)
+        assert done.stderr.count("\n") == 1, done.stderr  # one line, no traceback
+        assert "[topic-missing]" in done.stderr and "memkd-stream topics create" in done.stderr
+        assert ".missing" in done.stderr
+        assert time.monotonic() - started < 20
+
+
+def test_dead_broker_fails_in_one_line_within_the_connect_timeout(
+    worker_env: WorkerEnv, tmp_path: Path
+) -> None:
+    image = tmp_path / "x.png"
+    image.write_bytes(b"x")
+    dead = {"MEMKD_KAFKA__BOOTSTRAP_SERVERS": "127.0.0.1:1"}
+    down = WorkerEnv(worker_env.suffix, worker_env.partitions, {**worker_env.env, **dead})
+    for args in (
+        ("topics", "create"),
+        ("results",),
+        ("results", "--follow"),
+        ("produce", "--line", "A", str(image)),
+    ):
+        started = time.monotonic()
+        done = _run(down, *args, "--connect-timeout", "2")
+        elapsed = time.monotonic() - started
+        assert done.returncode == 1, (args, done.stderr)
+        assert done.stderr.startswith("memkd-stream: error: Kafka at 127.0.0.1:1 "), done.stderr
+        assert done.stderr.rstrip().endswith("[kafka-unavailable]")
+        assert done.stderr.count("\n") == 1, done.stderr
+        assert elapsed < 12, (args, elapsed)  # 2 s budget + interpreter start on a busy box
+
+
+def test_worker_help_and_version() -> None:
+    shown = subprocess.run([WORKER, "--help"], capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0
+    for needle in ("/metrics", "/healthz", "/readyz", "MEMKD_METRICS__PORT", "9400", "exit codes"):
+        assert needle in shown.stdout, needle
+    assert "2  bad settings" in shown.stdout and "3  Kafka broker unreachable" in shown.stdout
+    version = subprocess.run([WORKER, "--version"], capture_output=True, text=True, timeout=60)
+    assert version.returncode == 0 and version.stdout.startswith("memkd-worker ")
+
+
+def test_worker_logs_sigterm_as_it_arrives(worker_env: WorkerEnv, tmp_path: Path) -> None:
+    log_path = tmp_path / "worker.log"
+    proc = worker_env.spawn_worker(log_path)
+    wait_ready(proc)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 0
+    events = [json.loads(x) for x in log_path.read_text().splitlines() if x.startswith("{")]
+    names = [e.get("event") for e in events]
+    got = [e for e in events if e.get("event") == "signal received; draining then exiting"]
+    assert got and got[0]["signal"] == "SIGTERM", names
+    assert names.index(got[0]["event"]) < names.index("worker exited")

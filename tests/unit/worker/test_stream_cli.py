@@ -1,13 +1,27 @@
-"""Pure parts of ``memkd-stream produce/results``: which files are sent, under which ids."""
+"""Pure parts of ``memkd-stream produce/results/topics``: which files are sent, under which ids,
+the help text and the one-line errors."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from memkd_stream.cli.stream import _brief, _parse_headers, _row, collect_images
+from memkd_stream.cli.main import build_parser
+from memkd_stream.cli.stream import (
+    CONNECT_TIMEOUT_S,
+    TopicMissing,
+    _brief,
+    _is_unreachable,
+    _parse_headers,
+    _require_topic,
+    _row,
+    _unavailable,
+    collect_images,
+    plural,
+)
 
 
 def test_collect_images_walks_folders_sorted_with_relative_ids(tmp_path: Path) -> None:
@@ -41,3 +55,63 @@ def test_rows_for_results_and_dead_letters() -> None:
     assert _brief(result)["mask"] == {"format": "png", "bytes": 2}
     dead = {"id": "y", "line": "A", "error": "decode-error"}
     assert _row(dead)[-1] == "DLQ decode-error"
+
+
+def test_plural() -> None:
+    assert plural(1, "image") == "1 image"
+    assert plural(0, "image") == "0 images"
+    assert plural(3, "record") == "3 records"
+
+
+def _help(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args([*argv, "--help"])
+    assert exc.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_help_has_examples_descriptions_and_metavars(capsys: pytest.CaptureFixture[str]) -> None:
+    for command in (("produce",), ("results",), ("topics",), ("topics", "create")):
+        text = _help(capsys, *command)
+        assert "examples:" in text, command
+        assert f"memkd-stream {command[0]} " in text.split("examples:")[1], command
+    create = _help(capsys, "topics", "create")
+    assert "--partitions N" in create
+    assert "--connect-timeout S" in create
+    assert "never altered" in create  # the description
+    assert "inspect (camera images in)" in _help(capsys, "topics")
+    for command in ("produce", "results"):
+        assert "--connect-timeout S" in _help(capsys, command)
+
+
+def test_connect_timeout_defaults_to_ten_seconds() -> None:
+    args = build_parser().parse_args(["results"])
+    assert args.connect_timeout == CONNECT_TIMEOUT_S == 10.0
+    args = build_parser().parse_args(["topics", "create", "--connect-timeout", "2.5"])
+    assert args.connect_timeout == 2.5
+
+
+def test_missing_topic_message_names_the_topic_and_the_fix() -> None:
+    kafka = SimpleNamespace(bootstrap_servers="k:9092")
+    with pytest.raises(TopicMissing) as exc:
+        _require_topic(kafka, "memkd.results", {"memkd.inspect"}, "results")
+    assert exc.value.code == "topic-missing"
+    assert str(exc.value) == (
+        "topic memkd.results (results) does not exist on k:9092; "
+        "create it with: memkd-stream topics create"
+    )
+    _require_topic(kafka, "memkd.inspect", {"memkd.inspect"})  # present: no error
+
+
+def test_unreachable_errors_are_recognised() -> None:
+    from kafka.errors import KafkaTimeoutError
+
+    assert _is_unreachable(KafkaTimeoutError("Unable to bootstrap from 127.0.0.1:1"))
+    assert not _is_unreachable(ValueError("x"))
+    err = _unavailable(
+        SimpleNamespace(bootstrap_servers="127.0.0.1:1"),
+        10.0,
+        KafkaTimeoutError("Unable to bootstrap"),
+    )
+    assert err.code == "kafka-unavailable"
+    assert str(err).startswith("Kafka at 127.0.0.1:1 did not answer within 10 s")

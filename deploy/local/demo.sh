@@ -2,12 +2,13 @@
 # memkd-stream demo: train line A, stream its test images through one worker, show the verdicts.
 #
 # `make demo` runs this with the local Kafka + Redis up (and stops them afterwards if it started
-# them). Everything this script starts (the worker) it stops on exit, success or not. Each run
-# uses its own topics and consumer group, so runs never see each other's records; the model is
-# published to Redis as the next version of line A.
+# them; `KEEP_SERVICES=1 make demo` keeps them). Everything this script starts (the worker) it
+# stops on exit, success or not. Each run uses its own topics (memkd.demo-<time>.*) and consumer
+# group, so runs never see each other's records; the topics are deleted on exit unless
+# KEEP_TOPICS=1. The model is published to Redis as the next version of line A (it stays).
 #
 # Knobs (environment): DEMO_OUT (./demo-out), DEMO_CATEGORY (grass), DEMO_STEPS (80),
-# DEMO_INPUT_SIZE (256), DEMO_TIMEOUT_S (300).
+# DEMO_INPUT_SIZE (256), DEMO_TIMEOUT_S (300), KEEP_TOPICS (0).
 set -euo pipefail
 
 cd "$(dirname "$0")/../.."
@@ -20,7 +21,12 @@ CATEGORY=${DEMO_CATEGORY:-grass}
 STEPS=${DEMO_STEPS:-80}
 INPUT_SIZE=${DEMO_INPUT_SIZE:-256}
 TIMEOUT_S=${DEMO_TIMEOUT_S:-300}
+KEEP_TOPICS=${KEEP_TOPICS:-0}
 RUN="demo-$(date -u +%Y%m%d-%H%M%S)"
+
+# The addresses actually used (the settings' defaults when unset), for the closing hints.
+export MEMKD_KAFKA__BOOTSTRAP_SERVERS=${MEMKD_KAFKA__BOOTSTRAP_SERVERS:-127.0.0.1:39092}
+export MEMKD_REDIS__URL=${MEMKD_REDIS__URL:-redis://127.0.0.1:36379/0}
 
 export MEMKD_KAFKA__INSPECT_TOPIC="memkd.$RUN.inspect"
 export MEMKD_KAFKA__RESULTS_TOPIC="memkd.$RUN.results"
@@ -33,9 +39,40 @@ export MEMKD_LOG__FORMAT=${MEMKD_LOG__FORMAT:-console}
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
+# Deletes this run's three topics (best effort, short timeouts: a dead broker must not hang exit).
+delete_topics() {
+  "$PY" - <<'PYEOF' || echo "could not delete the topics memkd.$RUN.* (delete them by hand)" >&2
+from kafka.admin import KafkaAdminClient
+
+from memkd_stream.kafka_clients import connection_kwargs
+from memkd_stream.settings import load_settings
+
+kafka = load_settings().kafka
+config = connection_kwargs(kafka)
+config.update(bootstrap_timeout_ms=5000, request_timeout_ms=10000, client_id="memkd-demo-cleanup")
+try:
+    admin = KafkaAdminClient(**config)
+    try:
+        existing = set(admin.list_topics())
+        wanted = (kafka.inspect_topic, kafka.results_topic, kafka.dlq_topic)
+        names = [t for t in wanted if t in existing]
+        if names:
+            admin.delete_topics(names)
+            print("deleted the demo topics:", ", ".join(names))
+    finally:
+        admin.close()
+except Exception as exc:  # one line, not a traceback, on the way out
+    raise SystemExit(f"{type(exc).__name__}: {exc}") from None
+PYEOF
+}
+
 worker_pid=""
+topics_made=0
+cleaned=0
 cleanup() {
   local rc=$?
+  [ "$cleaned" = 1 ] && exit "$rc"  # INT/TERM run this, then EXIT runs it again
+  cleaned=1
   if [ -n "$worker_pid" ] && kill -0 "$worker_pid" 2>/dev/null; then
     echo "stopping the worker (SIGTERM, pid $worker_pid)"
     kill -TERM "$worker_pid" 2>/dev/null || true
@@ -43,14 +80,22 @@ cleanup() {
     kill -KILL "$worker_pid" 2>/dev/null || true
     wait "$worker_pid" 2>/dev/null || true
   fi
-  exit $rc
+  if [ "$topics_made" = 1 ]; then
+    if [ "$KEEP_TOPICS" = 1 ]; then
+      echo "the topics memkd.$RUN.* stay (KEEP_TOPICS=1)"
+    else
+      delete_topics
+    fi
+  fi
+  exit "$rc"
 }
 trap cleanup EXIT INT TERM
 
 mkdir -p "$OUT"
 started=$(date +%s)
 
-step "1/6 topics ($MEMKD_KAFKA__INSPECT_TOPIC, results, dlq)"
+step "1/6 topics ($MEMKD_KAFKA__INSPECT_TOPIC, results, dlq) on $MEMKD_KAFKA__BOOTSTRAP_SERVERS"
+topics_made=1
 "$CLI" topics create --partitions 3
 
 step "2/6 synthetic data: category '$CATEGORY' -> $OUT/data"
@@ -89,4 +134,15 @@ step "6/6 results (streamed scores vs ground truth)"
   --out "$OUT" --timeout "$TIMEOUT_S"
 
 echo
-echo "demo done in $(( $(date +%s) - started ))s. Try: MEMKD_KAFKA__RESULTS_TOPIC=$MEMKD_KAFKA__RESULTS_TOPIC $CLI results"
+echo "demo done in $(( $(date +%s) - started ))s (Kafka $MEMKD_KAFKA__BOOTSTRAP_SERVERS, Redis $MEMKD_REDIS__URL)."
+echo "Overlays and summary.json: $OUT/. Line A stays published in Redis: $CLI lines show A"
+if [ "$KEEP_TOPICS" = 1 ]; then
+  echo "Read the results again (topics kept):"
+  echo "  MEMKD_KAFKA__BOOTSTRAP_SERVERS=$MEMKD_KAFKA__BOOTSTRAP_SERVERS MEMKD_KAFKA__RESULTS_TOPIC=$MEMKD_KAFKA__RESULTS_TOPIC $CLI results"
+else
+  echo "This run's topics (memkd.$RUN.*) are deleted now. To keep them and the services, and read"
+  echo "the results yourself: KEEP_TOPICS=1 KEEP_SERVICES=1 make demo, then"
+  echo "  MEMKD_KAFKA__BOOTSTRAP_SERVERS=$MEMKD_KAFKA__BOOTSTRAP_SERVERS MEMKD_KAFKA__RESULTS_TOPIC=memkd.demo-<time>.results $CLI results"
+fi
+echo "If make demo started Kafka and Redis, it stops them after the demo (KEEP_SERVICES=1 make demo,"
+echo "or make services-up beforehand, keeps them running)."

@@ -1,6 +1,6 @@
 """MemKD vs the identical network without memory (= Reverse Distillation) on generated data.
 
-Figures, not a test (shared/MEMKD.md §7): every synthetic category, several training seeds, the
+Figures, not a test (model/MEMKD.md §7): every synthetic category, several training seeds, the
 same data and schedule for every variant; image AUROC, pixel AUROC and AUPRO (FPR <= 0.3) from
 ``memkd.evaluate``, mean and spread over seeds. Nothing is tuned on the test split: the schedule is
 fixed up front and the same for all variants. Rows go to bench/results/accuracy.csv, the summary

@@ -2,7 +2,7 @@
 
 A pure PyTorch library (no Kafka, no Redis): teacher backbones, the Reverse-Distillation student
 with normality-recalling (NR) memories, losses, training, anomaly maps, calibration and the line
-artifact. The method is described in ``shared/MEMKD.md``; modules are imported explicitly
+artifact. The method is described in ``model/MEMKD.md``; modules are imported explicitly
 (``from memkd.line_model import LineModel``) so that importing the package loads nothing.
 """
 

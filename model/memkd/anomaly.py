@@ -1,4 +1,4 @@
-"""Anomaly maps, image scores, calibration and the rendered mask (shared/MEMKD.md §6, DESIGN.md §3).
+"""Anomaly maps, image scores, calibration and the rendered mask (model/MEMKD.md §6, DESIGN.md §3).
 
 Map: per scale 1 - cosine along channels between teacher and student, bilinear upsampling
 (align_corners=True) to the input size, sum over the three scales, then a Gaussian blur

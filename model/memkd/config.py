@@ -1,4 +1,4 @@
-"""Model and training settings of MemKD (see shared/MEMKD.md §2-§5).
+"""Model and training settings of MemKD (see model/MEMKD.md §2-§5).
 
 ``ModelConfig`` is everything needed to rebuild a line's network; it is stored in the artifact.
 ``TrainConfig`` is how one fit was run; it is stored in the artifact's provenance. Both are frozen

@@ -1,4 +1,4 @@
-"""MemKD's three losses (shared/MEMKD.md §4).
+"""MemKD's three losses (model/MEMKD.md §4).
 
 - ``kd_loss``: RD's official form, 1 - cosine between teacher and student maps flattened to one
   C*H*W vector per image, averaged over the batch, summed over the three scales. (The per-pixel

@@ -1,4 +1,4 @@
-"""The normality-recalling (NR) memory of MemKD (Gu et al., ICCV 2023; shared/MEMKD.md §3-§4).
+"""The normality-recalling (NR) memory of MemKD (Gu et al., ICCV 2023; model/MEMKD.md §3-§4).
 
 L learnable key vectors and L value vectors of width C, both ``nn.Parameter`` (so they learn and
 are saved; the one public unofficial implementation gets this wrong). Two reads:

@@ -3,7 +3,7 @@
 Sources: Deng & Li, "Anomaly Detection via Reverse Distillation from One-Class Embedding"
 (CVPR 2022) and its official code (OCBE + de_wide_resnet50_2, width_per_group 128, the unused
 conv4/bn4 left out); Gu et al., "Remembering Normality" (ICCV 2023) for the memories
-(shared/MEMKD.md §2-§3 is the reference for every choice here).
+(model/MEMKD.md §2-§3 is the reference for every choice here).
 
 Sizing rule (teacher widths c1, c2, c3; width multiplier m scales every trained width except the
 outputs that are compared with the teacher; m = 1 with WRN50 reproduces RD exactly):

@@ -1,4 +1,4 @@
-"""Training a line model: MemKD's schedule (shared/MEMKD.md §4-§5).
+"""Training a line model: MemKD's schedule (model/MEMKD.md §4-§5).
 
 Adam (lr 0.005, betas (0.5, 0.999), no weight decay) over bottleneck + decoder + memories;
 L = L_KD + w_nm * L_NM + w_orth * L_Orth with NEL exemplars drawn afresh from the training images

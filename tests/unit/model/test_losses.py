@@ -1,4 +1,4 @@
-"""Losses against their definitions in shared/MEMKD.md §4."""
+"""Losses against their definitions in model/MEMKD.md §4."""
 
 from __future__ import annotations
 

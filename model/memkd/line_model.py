@@ -92,18 +92,16 @@ class LineModel:
         return self.student.nbytes
 
     def to(self, device: str | torch.device) -> LineModel:
-        """Move the student (channels_last on CUDA); returns self."""
-        device = torch.device(device)
-        self.student.to(device)
-        if device.type == "cuda":
-            self.student.to(memory_format=torch.channels_last)
+        """Move the student (in channels_last, the faster layout on CPU and CUDA); returns self."""
+        self.student.to(torch.device(device), memory_format=torch.channels_last)
         return self
 
     def score(self, teacher: Teacher, batch: torch.Tensor) -> AnomalyResult:
         """Anomaly maps [B, 1, H, W] and scores [B] for a preprocessed batch [B, 3, H, W].
 
-        Runs under inference_mode with the student in eval mode; on CUDA with bf16 autocast and
-        channels_last. Maps and scores are float32 on the model's device.
+        Runs under inference_mode with the student in eval mode, in channels_last (1.4-1.9x the
+        images/s of the default layout on CPU, bench/model_speed.py), with bf16 autocast on CUDA.
+        Maps and scores are float32 on the model's device.
         """
         if batch.ndim != 4 or batch.shape[1] != 3:
             raise ValueError(f"expected a batch [B, 3, H, W], got {tuple(batch.shape)}")
@@ -111,9 +109,7 @@ class LineModel:
         device = self.device
         cuda = device.type == "cuda"
         with torch.inference_mode():
-            x = batch.to(device, non_blocking=True)
-            if cuda:
-                x = x.contiguous(memory_format=torch.channels_last)
+            x = batch.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
                 t_feats = teacher(x)
                 s_feats = self.student(t_feats)

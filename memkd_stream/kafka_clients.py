@@ -64,6 +64,9 @@ def make_consumer(
         fetch_max_bytes=max(fetch_bytes, 52428800),
         max_poll_records=max_poll_records,
         bootstrap_timeout_ms=int(kafka.request_timeout_ms),
+        # A topic created (or partitions added) after the worker joined is noticed within 30 s,
+        # not the client default of 5 min.
+        metadata_max_age_ms=30_000,
     )
     config.update(overrides)
     consumer = KafkaConsumer(**config)

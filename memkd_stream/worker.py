@@ -179,8 +179,27 @@ class Worker:
             max_poll_records=max(1, int(self.ws.queue_max_records) // 4),
             **overrides,
         )
+        self._await_topic_metadata(kafka.inspect_topic)
         self.state.consumer.subscribe([kafka.inspect_topic], listener=self.rebalance)
         self.consumer_loop.mark_broker_reachable()
+
+    def _await_topic_metadata(self, topic: str, timeout_s: float = 10.0) -> None:
+        """Know the inspect topic's partitions before joining the group.
+
+        The group leader assigns from its own metadata cache. Joining before that cache knows a
+        (just created) topic yields an empty assignment that kafka-python only revisits at the
+        next metadata refresh: a worker idle for minutes (seen in the tests, one run in two).
+        """
+        deadline = time.monotonic() + timeout_s
+        while not self.state.consumer.partitions_for_topic(topic):
+            if time.monotonic() >= deadline:
+                self.log.warning(
+                    "inspect topic has no partitions yet; create it with 'memkd-stream topics "
+                    "create' (consuming starts when it appears)",
+                    topic=topic,
+                )
+                return
+            time.sleep(0.5)
 
     # ------------------------------------------------------------------ shutdown
     def _drain(self) -> None:

@@ -152,6 +152,17 @@ def test_rebalance_mid_stream_finishes_and_commits_revoked_work(
     try:
         assert worker_env.read(worker_env.results, count=3, timeout_s=90)
         w2 = worker_env.start_thread_worker(MEMKD_WORKER__WORKER_ID="w2", **slow)
+        # However fast w1 drains the backlog, a second wave sent once w2 holds partitions
+        # guarantees both workers answer (the backlog alone made this depend on CPU speed).
+        deadline = time.monotonic() + 90
+        registry = w2.worker.metrics.registry
+        while (registry.get_sample_value("memkd_partitions_assigned") or 0) < 1:
+            assert time.monotonic() < deadline, "w2 was never assigned a partition"
+            time.sleep(0.2)
+        wave = [(f"rb-{i:03d}", big.getvalue()) for i in range(len(payload), len(payload) + 24)]
+        for p in range(worker_env.partitions):
+            worker_env.produce(wave[p :: worker_env.partitions], partition=p)
+        payload += wave
         results = worker_env.read(worker_env.results, count=len(payload), timeout_s=200)
         time.sleep(2)  # any duplicate would arrive now
         results = worker_env.read(worker_env.results, count=len(payload), timeout_s=5)

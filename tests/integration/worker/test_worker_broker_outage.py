@@ -96,6 +96,13 @@ def test_broker_lost_mid_stream_exits_3_and_commits_only_delivered(
         wait_ready(proc)
         env.produce(payload)
         assert env.read(env.results, count=4, timeout_s=60)
+        # Lose the broker only once the worker has committed something, so that the check
+        # below ("never past an undelivered record") has commits to look at; when the broker
+        # went down between two commit ticks, committing nothing was right but proved nothing.
+        deadline = time.monotonic() + 30
+        while not any(env.committed().values()):
+            assert time.monotonic() < deadline, "the worker committed nothing in 30 s"
+            time.sleep(0.2)
         private_services.down()
         lost_at = time.monotonic()
         rc = proc.wait(timeout=90)

@@ -43,7 +43,7 @@ def worker(monkeypatch: pytest.MonkeyPatch) -> Worker:
     monkeypatch.setenv("MEMKD_WORKER__REBALANCE_BUDGET_S", "0.5")
     engine = SimpleNamespace(teachers_loaded=True)
     w = Worker(load_settings(), engine)
-    w._consumer = FakeConsumer({TP0, TP1})
+    w.state.consumer = FakeConsumer({TP0, TP1})
     return w
 
 
@@ -62,7 +62,7 @@ def test_revoke_waits_for_in_flight_then_commits_and_forgets(worker: Worker) -> 
             worker.tracker.ack(TP0, offset)
 
     threading.Timer(0.05, finish).start()
-    offsets = worker._finish_revoked({TP0})
+    offsets = worker.rebalance.finish_revoked({TP0})
     assert {tp: om.offset for tp, om in offsets.items()} == {TP0: 3}
     assert worker.tracker.generation(TP0) is None  # forgotten
     assert worker.tracker.pending([TP1]) == 1  # other partitions untouched
@@ -74,58 +74,58 @@ def test_revoke_abandons_after_budget_committing_only_the_prefix(worker: Worker)
     worker.tracker.ack(TP0, 0)
     worker.tracker.ack(TP0, 2)
     started = time.monotonic()
-    offsets = worker._finish_revoked({TP0})
+    offsets = worker.rebalance.finish_revoked({TP0})
     assert 0.4 < time.monotonic() - started < 3
     assert {tp: om.offset for tp, om in offsets.items()} == {TP0: 1}  # never past offset 1
 
 
 def test_parked_partition_is_not_waited_for(worker: Worker) -> None:
     item = _item(worker, TP0, 0)
-    worker._parked[TP0] = [(time.monotonic() + 60, item)]
+    worker.flow.parked[TP0] = [(time.monotonic() + 60, item)]
     started = time.monotonic()
-    offsets = worker._finish_revoked({TP0})
+    offsets = worker.rebalance.finish_revoked({TP0})
     assert time.monotonic() - started < 0.3
     assert offsets == {}
-    assert TP0 not in worker._parked
+    assert TP0 not in worker.flow.parked
 
 
 def test_backpressure_pauses_all_and_resumes_below_low_water(worker: Worker) -> None:
-    consumer = worker._consumer
+    consumer = worker.state.consumer
     items = [_item(worker, TP0, o) for o in range(8)]
-    worker._update_pauses()
+    worker.flow.update_pauses()
     assert consumer.paused == {TP0, TP1}
     for it in items[:3]:
         worker.tracker.ack(TP0, it.offset, it.generation)
-    worker._update_pauses()
+    worker.flow.update_pauses()
     assert consumer.paused == {TP0, TP1}  # 5 in flight: still above the low-water mark (4)
     worker.tracker.ack(TP0, items[3].offset)
-    worker._update_pauses()
+    worker.flow.update_pauses()
     assert consumer.paused == set()
 
 
 def test_parked_record_pauses_only_its_partition(worker: Worker) -> None:
     item = _item(worker, TP1, 0)
-    worker._control_q.put(("park", item))
-    worker._decode_pool = SimpleNamespace(submit=lambda fn, it: None)
-    worker._handle_control()
-    worker._update_pauses()
-    assert worker._consumer.paused == {TP1}
+    worker.pipeline.control_q.put(("park", item))
+    worker.pipeline.decode_pool = SimpleNamespace(submit=lambda fn, it: None)
+    worker.flow.handle_control()
+    worker.flow.update_pauses()
+    assert worker.state.consumer.paused == {TP1}
     # due for a retry: moves to "retrying", still paused until the retry reports back
-    worker._parked[TP1] = [(0.0, item)]
-    worker._handle_control()
-    assert worker._retrying[TP1] == 1
-    worker._update_pauses()
-    assert worker._consumer.paused == {TP1}
-    worker._control_q.put(("retry_done", item))
-    worker._handle_control()
-    worker._update_pauses()
-    assert worker._consumer.paused == set()
+    worker.flow.parked[TP1] = [(0.0, item)]
+    worker.flow.handle_control()
+    assert worker.flow.retrying[TP1] == 1
+    worker.flow.update_pauses()
+    assert worker.state.consumer.paused == {TP1}
+    worker.pipeline.control_q.put(("retry_done", item))
+    worker.flow.handle_control()
+    worker.flow.update_pauses()
+    assert worker.state.consumer.paused == set()
 
 
 def test_late_result_of_a_revoked_partition_is_not_sent(worker: Worker) -> None:
     item = _item(worker, TP0, 0)
-    worker._forget({TP0}, reason="revoked")
+    worker.rebalance.forget({TP0}, reason="revoked")
     sent = []
-    worker._producer = SimpleNamespace(send=lambda *a, **k: sent.append(a))
-    worker._send("out", item, key=b"A", value=b"{}", headers=[], on_ack=lambda *a: None)
+    worker.state.producer = SimpleNamespace(send=lambda *a, **k: sent.append(a))
+    worker.sink.send("out", item, key=b"A", value=b"{}", headers=[], on_ack=lambda *a: None)
     assert sent == []

@@ -123,9 +123,9 @@ class _Stream:
     """Private topics, group and Redis prefix for this run; one in-process worker."""
 
     def __init__(self, artifact: Path, batch: int, device: str) -> None:
-        from memkd_stream.line_store import LineStore
+        from memkd_stream.broker.topics import ensure_topics
+        from memkd_stream.lines.store import LineStore
         from memkd_stream.settings import load_settings
-        from memkd_stream.topics import ensure_topics
 
         run = f"bench-{uuid.uuid4().hex[:8]}"
         os.environ.update(
@@ -149,7 +149,7 @@ class _Stream:
         self.store.publish("A", artifact, who="bench")
 
     def produce(self, images: list[bytes], rate: float | None = None, prefix: str = "") -> None:
-        from memkd_stream.kafka_clients import make_producer
+        from memkd_stream.broker.clients import make_producer
 
         producer = make_producer(self.settings.kafka)
         start = time.monotonic()
@@ -167,9 +167,9 @@ class _Stream:
         producer.close(5)
 
     def start_worker(self) -> Any:
-        from memkd_stream.engine import Engine
-        from memkd_stream.metrics import WorkerMetrics
-        from memkd_stream.worker import Worker
+        from memkd_stream.worker.app import Worker
+        from memkd_stream.worker.engine import Engine
+        from memkd_stream.worker.metrics import WorkerMetrics
 
         metrics = WorkerMetrics()
         engine = Engine(self.settings.model, self.settings.worker, self.store, metrics=metrics)
@@ -187,7 +187,7 @@ class _Stream:
         """result record timestamp - memkd-sent-at, per result whose id starts with prefix."""
         from kafka import KafkaConsumer, TopicPartition
 
-        from memkd_stream.kafka_clients import connection_kwargs
+        from memkd_stream.broker.clients import connection_kwargs
 
         kafka = self.settings.kafka
         consumer = KafkaConsumer(group_id=None, **connection_kwargs(kafka))
@@ -261,7 +261,7 @@ def _cleanup(stream: _Stream) -> None:
     try:
         from kafka.admin import KafkaAdminClient
 
-        from memkd_stream.kafka_clients import connection_kwargs
+        from memkd_stream.broker.clients import connection_kwargs
 
         kafka = stream.settings.kafka
         admin = KafkaAdminClient(**connection_kwargs(kafka))
@@ -286,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     n = args.images or (64 if args.quick else 256)
     paced = 24 if args.quick else 96
 
-    from memkd_stream.logging import configure_logging
+    from memkd_stream.log import configure_logging
     from memkd_stream.settings import LogSettings
 
     configure_logging(LogSettings(level="WARNING"))

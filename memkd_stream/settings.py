@@ -40,8 +40,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from memkd_stream.contract.line_id import LINE_ID_RE
 from memkd_stream.errors import MemkdStreamError
-from memkd_stream.line_id import LINE_ID_RE
 
 if TYPE_CHECKING:
     import redis

@@ -45,7 +45,7 @@ delete_topics() {
   "$PY" - <<'PYEOF' || echo "could not delete the topics memkd.$RUN.* (delete them by hand)" >&2
 from kafka.admin import KafkaAdminClient
 
-from memkd_stream.kafka_clients import connection_kwargs
+from memkd_stream.broker.clients import connection_kwargs
 from memkd_stream.settings import load_settings
 
 kafka = load_settings().kafka
@@ -131,7 +131,7 @@ count=$(find "$DATA/test" -type f -name '*.png' | wc -l)
 "$CLI" produce --line A "$DATA/test" --id-from-filename --id-prefix "$RUN/"
 
 step "6/6 results (streamed scores vs ground truth)"
-"$PY" -m memkd_stream.demo_report --data "$DATA" --expect "$count" --id-prefix "$RUN/" \
+"$PY" deploy/local/demo_report.py --data "$DATA" --expect "$count" --id-prefix "$RUN/" \
   --out "$OUT" --timeout "$TIMEOUT_S"
 
 echo

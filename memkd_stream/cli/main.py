@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from memkd_stream.cli.output import Output
+from memkd_stream.contract.line_id import validate_line_id
 from memkd_stream.errors import MemkdStreamError
-from memkd_stream.line_id import validate_line_id
 
 if TYPE_CHECKING:
-    from memkd_stream.line_store import LineStore
+    from memkd_stream.lines.store import LineStore
     from memkd_stream.settings import Settings
 
 __all__ = ["CommandParser", "Context", "UsageError", "build_parser", "line_arg", "main"]
@@ -131,7 +131,7 @@ class Context:
     def store(self) -> LineStore:
         """The LineStore of the settings (created on first use)."""
         if self._store is None:
-            from memkd_stream.line_store import LineStore
+            from memkd_stream.lines.store import LineStore
 
             self._store = LineStore.from_settings(self.settings.redis)
         return self._store
@@ -206,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _load_settings(config: Path | None, log_level: str | None) -> Settings:
-    from memkd_stream.logging import configure_logging
+    from memkd_stream.log import configure_logging
     from memkd_stream.settings import load_settings
 
     settings = load_settings(config)

@@ -199,7 +199,7 @@ def broker_topics(kafka: Any, timeout_s: float = CONNECT_TIMEOUT_S) -> set[str]:
     """The broker's topic names, asked with a short timeout (raises KafkaUnavailable)."""
     from kafka.admin import KafkaAdminClient
 
-    from memkd_stream.kafka_clients import connection_kwargs
+    from memkd_stream.broker.clients import connection_kwargs
 
     ms = _timeout_ms(timeout_s)
     config = connection_kwargs(kafka)
@@ -262,7 +262,7 @@ def _parse_headers(items: list[str]) -> list[tuple[str, bytes]]:
 
 
 def _produce(ctx: Context) -> int:
-    from memkd_stream.kafka_clients import make_producer
+    from memkd_stream.broker.clients import make_producer
 
     args = ctx.args
     kafka = ctx.settings.kafka
@@ -351,7 +351,7 @@ def read_results(
     ``connect_timeout_s`` bounds the wait for the broker (then KafkaUnavailable)."""
     from kafka import KafkaConsumer, TopicPartition
 
-    from memkd_stream.kafka_clients import connection_kwargs
+    from memkd_stream.broker.clients import connection_kwargs
 
     config = connection_kwargs(kafka)
     if connect_timeout_s is not None:
@@ -512,7 +512,7 @@ def _results(ctx: Context) -> int:
 
 # ------------------------------------------------------------------------------ topics
 def _topics_create(ctx: Context) -> int:
-    from memkd_stream.topics import ensure_topics
+    from memkd_stream.broker.topics import ensure_topics
 
     kafka = ctx.settings.kafka
     # ensure_topics' admin client waits the full bootstrap budget; ask quickly first.

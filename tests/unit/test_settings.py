@@ -13,7 +13,7 @@ import structlog
 from pydantic import ValidationError
 
 from memkd_stream.errors import MemkdStreamError
-from memkd_stream.logging import configure_logging, get_logger
+from memkd_stream.log import configure_logging, get_logger
 from memkd_stream.settings import (
     LogSettings,
     RedisSettings,

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from memkd_stream.line_store import LineStore
+from memkd_stream.lines.store import LineStore
 
 ArtifactFactory = Callable[..., Path]
 

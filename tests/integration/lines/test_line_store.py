@@ -12,8 +12,8 @@ import tracemalloc
 import pytest
 import redis
 
-from memkd_stream.line_id import BadLineId
-from memkd_stream.line_store import (
+from memkd_stream.contract.line_id import BadLineId
+from memkd_stream.lines.store import (
     ArtifactRejected,
     ChecksumMismatch,
     LineStore,

@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from memkd_stream.line_store import LineStore, StoreUnavailable
+from memkd_stream.lines.store import LineStore, StoreUnavailable
 from memkd_stream.settings import RedisSettings
 
 pytestmark = pytest.mark.integration

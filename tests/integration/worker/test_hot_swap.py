@@ -18,11 +18,11 @@ import redis
 import torch
 from memkd.line_model import LineModel
 
-from memkd_stream import engine as engine_module
-from memkd_stream.engine import Engine
-from memkd_stream.hot_swap import HotSwapper
-from memkd_stream.line_store import LineStore
+from memkd_stream.lines.store import LineStore
 from memkd_stream.settings import ModelSettings, WorkerSettings
+from memkd_stream.worker import engine as engine_module
+from memkd_stream.worker.engine import Engine
+from memkd_stream.worker.hot_swap import HotSwapper
 
 pytestmark = pytest.mark.integration
 

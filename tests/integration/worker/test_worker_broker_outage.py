@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.worker.conftest import (
+from tests.support.worker_env import (
     REPO,
     WorkerEnv,
     category_images,
@@ -64,7 +64,7 @@ def private_services(tmp_path: Path):
 def test_broker_lost_mid_stream_exits_3_and_commits_only_delivered(
     private_services: PrivateServices, artifact_v1: Path, line_data: Path, tmp_path: Path
 ) -> None:
-    from memkd_stream.topics import ensure_topics
+    from memkd_stream.broker.topics import ensure_topics
 
     bootstrap = f"127.0.0.1:{private_services.kafka_port}"
     env = WorkerEnv(

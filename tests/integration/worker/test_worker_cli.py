@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.worker.conftest import REPO, WORKER_BIN, WorkerEnv, wait_ready
+from tests.support.worker_env import REPO, WORKER_BIN, WorkerEnv, wait_ready
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 

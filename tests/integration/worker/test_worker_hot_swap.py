@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.worker.conftest import WorkerEnv, category_images
+from tests.support.worker_env import WorkerEnv, category_images
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.integration.worker.conftest import WorkerEnv, category_images, free_port, wait_ready
+from tests.support.worker_env import WorkerEnv, category_images, free_port, wait_ready
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 

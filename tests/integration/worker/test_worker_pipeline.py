@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.integration.worker.conftest import WorkerEnv, category_images
+from tests.support.worker_env import WorkerEnv, category_images
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.integration.worker.conftest import WorkerEnv, category_images, free_port
+from tests.support.worker_env import WorkerEnv, category_images, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from memkd_stream.batcher import MicroBatcher
+from memkd_stream.worker.batcher import MicroBatcher
 
 
 def test_flushes_at_max_batch() -> None:

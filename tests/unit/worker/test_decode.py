@@ -14,7 +14,7 @@ import torch
 from memkd.preprocess import load_image, preprocess
 from PIL import Image
 
-from memkd_stream.decode import DecodedImage, DecodeFailed, ImageDecoder, encode_mask_png
+from memkd_stream.worker.decode import DecodedImage, DecodeFailed, ImageDecoder, encode_mask_png
 
 SIZE = 32
 MEAN = (0.485, 0.456, 0.406)

@@ -16,10 +16,16 @@ from typing import Any
 import pytest
 import torch
 
-from memkd_stream import engine as engine_module
-from memkd_stream.engine import Engine, LineUnavailable, LoadedLine, UnknownLine, resolve_device
-from memkd_stream.line_store import StoreUnavailable
+from memkd_stream.lines.store import StoreUnavailable
 from memkd_stream.settings import ModelSettings, WorkerSettings
+from memkd_stream.worker import engine as engine_module
+from memkd_stream.worker.engine import (
+    Engine,
+    LineUnavailable,
+    LoadedLine,
+    UnknownLine,
+    resolve_device,
+)
 
 LITE0 = "tf_efficientnet_lite0"
 WRN50 = "wide_resnet50_2"

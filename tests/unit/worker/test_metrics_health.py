@@ -8,8 +8,8 @@ import urllib.request
 
 import pytest
 
-from memkd_stream.health import HealthServer, Heartbeats
-from memkd_stream.metrics import WorkerMetrics
+from memkd_stream.worker.health import HealthServer, Heartbeats
+from memkd_stream.worker.metrics import WorkerMetrics
 
 
 def _get(port: int, path: str) -> tuple[int, str]:

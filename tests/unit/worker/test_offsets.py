@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from memkd_stream.offsets import OffsetTracker
+from memkd_stream.worker.offsets import OffsetTracker
 
 
 def _reference_committable(dispatched: list[int], acked: set[int]) -> int | None:

@@ -10,8 +10,8 @@ import pytest
 from kafka import TopicPartition
 
 from memkd_stream.settings import load_settings
-from memkd_stream.work_item import WorkItem as _Item
-from memkd_stream.worker import Worker
+from memkd_stream.worker.app import Worker
+from memkd_stream.worker.work_item import WorkItem as _Item
 
 
 class FakeConsumer:

@@ -15,11 +15,11 @@ from typing import Any
 
 from kafka import AsyncConsumerRebalanceListener, TopicPartition
 
-from memkd_stream.commits import OffsetCommitter
-from memkd_stream.flow_control import FlowControl
-from memkd_stream.offsets import OffsetTracker
-from memkd_stream.run_state import RunState
-from memkd_stream.work_item import partition_names
+from memkd_stream.worker.commits import OffsetCommitter
+from memkd_stream.worker.flow_control import FlowControl
+from memkd_stream.worker.offsets import OffsetTracker
+from memkd_stream.worker.run_state import RunState
+from memkd_stream.worker.work_item import partition_names
 
 __all__ = ["RebalanceHandler"]
 

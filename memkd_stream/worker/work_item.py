@@ -12,9 +12,9 @@ from typing import Any
 
 from kafka import TopicPartition
 
-from memkd_stream import wire
-from memkd_stream.decode import DecodedImage
-from memkd_stream.offsets import OffsetTracker
+from memkd_stream.contract import wire
+from memkd_stream.worker.decode import DecodedImage
+from memkd_stream.worker.offsets import OffsetTracker
 
 __all__ = ["ScoredBatch", "WorkItem", "is_current", "log_fields", "partition_names"]
 

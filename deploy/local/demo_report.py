@@ -6,7 +6,7 @@ sent is answered, then prints per image its id, score, verdict and truth, the im
 overlays (image | mask over image | ground truth) for a few images. The truth comes from the
 MVTec layout the images were sent from: ``test/good/...`` is normal, ``test/<defect>/...`` not.
 
-Run: ``python -m memkd_stream.demo_report --data DIR --expect N --id-prefix P --out DIR``.
+Run: ``python deploy/local/demo_report.py --data DIR --expect N --id-prefix P --out DIR``.
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def _collect(settings: Any, expect: int, prefix: str, timeout_s: float) -> tuple
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m memkd_stream.demo_report")
+    parser = argparse.ArgumentParser(prog="python deploy/local/demo_report.py")
     parser.add_argument("--data", type=Path, required=True, help="the MVTec-layout category")
     parser.add_argument("--expect", type=int, required=True, help="images sent")
     parser.add_argument("--id-prefix", default="", help="memkd-id prefix of this run")

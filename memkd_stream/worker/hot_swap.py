@@ -24,7 +24,7 @@ import threading
 import time
 from typing import Any
 
-from memkd_stream.logging import get_logger
+from memkd_stream.log import get_logger
 
 __all__ = ["HotSwapper"]
 

@@ -16,15 +16,15 @@ from typing import Any
 from kafka import TopicPartition
 from kafka.errors import KafkaError
 
-from memkd_stream import wire
-from memkd_stream.commits import OffsetCommitter
-from memkd_stream.flow_control import FlowControl
-from memkd_stream.health import Heartbeats
-from memkd_stream.offsets import OffsetTracker
-from memkd_stream.pipeline import Pipeline
-from memkd_stream.run_state import EXIT_BROKER_UNREACHABLE, RunState
-from memkd_stream.sink import ResultSink
-from memkd_stream.work_item import WorkItem
+from memkd_stream.contract import wire
+from memkd_stream.worker.commits import OffsetCommitter
+from memkd_stream.worker.flow_control import FlowControl
+from memkd_stream.worker.health import Heartbeats
+from memkd_stream.worker.offsets import OffsetTracker
+from memkd_stream.worker.pipeline import Pipeline
+from memkd_stream.worker.run_state import EXIT_BROKER_UNREACHABLE, RunState
+from memkd_stream.worker.sink import ResultSink
+from memkd_stream.worker.work_item import WorkItem
 
 __all__ = ["COMMIT_INTERVAL_S", "PROBE_INTERVAL_S", "ConsumerLoop"]
 

@@ -115,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
 
     from memkd_stream.errors import MemkdStreamError
-    from memkd_stream.logging import configure_logging, get_logger
+    from memkd_stream.log import configure_logging, get_logger
     from memkd_stream.settings import load_settings
 
     if args.config is not None and not args.config.is_file():
@@ -130,16 +130,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.log_level:
         log_settings = log_settings.model_copy(update={"level": args.log_level})
     configure_logging(log_settings)
-    log = get_logger("memkd_stream.worker_main")
+    log = get_logger("memkd_stream.worker")
     grace["s"] = float(settings.worker.drain_grace_s)
     log_ref.append(log)
 
-    from memkd_stream.engine import Engine
-    from memkd_stream.health import HealthServer, Heartbeats
-    from memkd_stream.hot_swap import HotSwapper
-    from memkd_stream.line_store import LineStore
-    from memkd_stream.metrics import WorkerMetrics
-    from memkd_stream.worker import Worker
+    from memkd_stream.lines.store import LineStore
+    from memkd_stream.worker.app import Worker
+    from memkd_stream.worker.engine import Engine
+    from memkd_stream.worker.health import HealthServer, Heartbeats
+    from memkd_stream.worker.hot_swap import HotSwapper
+    from memkd_stream.worker.metrics import WorkerMetrics
 
     metrics = WorkerMetrics()
     heartbeats = Heartbeats()

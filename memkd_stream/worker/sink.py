@@ -15,10 +15,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from memkd_stream import wire
-from memkd_stream.offsets import OffsetTracker
-from memkd_stream.run_state import EXIT_BROKER_UNREACHABLE, RunState
-from memkd_stream.work_item import WorkItem, is_current, log_fields
+from memkd_stream.contract import wire
+from memkd_stream.worker.offsets import OffsetTracker
+from memkd_stream.worker.run_state import EXIT_BROKER_UNREACHABLE, RunState
+from memkd_stream.worker.work_item import WorkItem, is_current, log_fields
 
 __all__ = ["ResultSink"]
 

@@ -33,19 +33,19 @@ import contextlib
 import time
 from typing import Any
 
-from memkd_stream.commits import OffsetCommitter
-from memkd_stream.consumer_loop import ConsumerLoop
-from memkd_stream.decode import ImageDecoder
-from memkd_stream.flow_control import FlowControl
-from memkd_stream.health import Heartbeats
-from memkd_stream.kafka_clients import make_consumer, make_producer
-from memkd_stream.logging import get_logger
-from memkd_stream.metrics import WorkerMetrics
-from memkd_stream.offsets import OffsetTracker
-from memkd_stream.pipeline import Pipeline
-from memkd_stream.rebalance import RebalanceHandler
-from memkd_stream.run_state import EXIT_BROKER_UNREACHABLE, EXIT_OK, RunState
-from memkd_stream.sink import ResultSink
+from memkd_stream.broker.clients import make_consumer, make_producer
+from memkd_stream.log import get_logger
+from memkd_stream.worker.commits import OffsetCommitter
+from memkd_stream.worker.consumer_loop import ConsumerLoop
+from memkd_stream.worker.decode import ImageDecoder
+from memkd_stream.worker.flow_control import FlowControl
+from memkd_stream.worker.health import Heartbeats
+from memkd_stream.worker.metrics import WorkerMetrics
+from memkd_stream.worker.offsets import OffsetTracker
+from memkd_stream.worker.pipeline import Pipeline
+from memkd_stream.worker.rebalance import RebalanceHandler
+from memkd_stream.worker.run_state import EXIT_BROKER_UNREACHABLE, EXIT_OK, RunState
+from memkd_stream.worker.sink import ResultSink
 
 __all__ = ["EXIT_BROKER_UNREACHABLE", "EXIT_OK", "Worker"]
 
@@ -71,7 +71,7 @@ class Worker:
         self.engine = engine
         self.metrics = metrics or WorkerMetrics()
         self.heartbeats = heartbeats or Heartbeats()
-        self.log = get_logger("memkd_stream.worker")
+        self.log = get_logger("memkd_stream.worker.app")
         self.worker_id = str(self.ws.worker_id)
         self.decoder = ImageDecoder(int(self.ws.max_image_pixels))
         self.tracker = OffsetTracker()

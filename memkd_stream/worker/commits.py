@@ -12,8 +12,8 @@ from typing import Any
 from kafka import TopicPartition
 from kafka.structs import OffsetAndMetadata
 
-from memkd_stream.offsets import OffsetTracker
-from memkd_stream.run_state import RunState
+from memkd_stream.worker.offsets import OffsetTracker
+from memkd_stream.worker.run_state import RunState
 
 __all__ = ["OffsetCommitter"]
 

@@ -25,13 +25,13 @@ from typing import Any
 
 import torch
 
-from memkd_stream import wire
-from memkd_stream.batcher import Batch, MicroBatcher
-from memkd_stream.decode import DecodeFailed, ImageDecoder, encode_mask_png
-from memkd_stream.health import Heartbeats
-from memkd_stream.offsets import OffsetTracker
-from memkd_stream.sink import ResultSink
-from memkd_stream.work_item import ScoredBatch, WorkItem, is_current, log_fields
+from memkd_stream.contract import wire
+from memkd_stream.worker.batcher import Batch, MicroBatcher
+from memkd_stream.worker.decode import DecodeFailed, ImageDecoder, encode_mask_png
+from memkd_stream.worker.health import Heartbeats
+from memkd_stream.worker.offsets import OffsetTracker
+from memkd_stream.worker.sink import ResultSink
+from memkd_stream.worker.work_item import ScoredBatch, WorkItem, is_current, log_fields
 
 __all__ = ["Pipeline"]
 

@@ -22,8 +22,8 @@ import re
 import time
 from dataclasses import dataclass, field
 
+from memkd_stream.contract.line_id import validate_line_id
 from memkd_stream.errors import MemkdStreamError
-from memkd_stream.line_id import validate_line_id
 
 __all__ = [
     "ERROR_CODES",

@@ -13,7 +13,7 @@ from typing import Any
 
 from kafka.errors import TopicAlreadyExistsError
 
-from memkd_stream.kafka_clients import make_admin
+from memkd_stream.broker.clients import make_admin
 
 __all__ = ["TopicStatus", "ensure_topics", "topic_names"]
 

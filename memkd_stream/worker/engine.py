@@ -37,8 +37,8 @@ from memkd.backbones import Teacher, load_teacher
 from memkd.line_model import LineModel
 
 from memkd_stream.errors import MemkdStreamError
-from memkd_stream.line_store import UnknownLine
-from memkd_stream.logging import get_logger
+from memkd_stream.lines.store import UnknownLine
+from memkd_stream.log import get_logger
 
 __all__ = ["Engine", "LineUnavailable", "LoadedLine", "UnknownLine", "resolve_device"]
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from memkd_stream.wire import (
+from memkd_stream.contract.wire import (
     ERROR_CODES,
     MAX_DETAIL_BYTES,
     BadRequest,

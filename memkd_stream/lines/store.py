@@ -43,8 +43,8 @@ from typing import IO, TYPE_CHECKING, Any
 
 import redis
 
+from memkd_stream.contract.line_id import validate_line_id
 from memkd_stream.errors import MemkdStreamError
-from memkd_stream.line_id import validate_line_id
 
 if TYPE_CHECKING:
     from memkd_stream.settings import RedisSettings

@@ -23,10 +23,10 @@ from typing import Any
 
 from kafka import TopicPartition
 
-from memkd_stream.offsets import OffsetTracker
-from memkd_stream.pipeline import Pipeline
-from memkd_stream.run_state import RunState
-from memkd_stream.work_item import WorkItem, is_current
+from memkd_stream.worker.offsets import OffsetTracker
+from memkd_stream.worker.pipeline import Pipeline
+from memkd_stream.worker.run_state import RunState
+from memkd_stream.worker.work_item import WorkItem, is_current
 
 __all__ = ["FlowControl"]
 

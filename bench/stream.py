@@ -185,12 +185,12 @@ class _Stream:
 
     def latencies(self, prefix: str, count: int, timeout_s: float) -> list[float]:
         """result record timestamp - memkd-sent-at, per result whose id starts with prefix."""
-        from kafka import KafkaConsumer, TopicPartition
+        from kafka import TopicPartition
 
-        from memkd_stream.broker.clients import connection_kwargs
+        from memkd_stream.broker.clients import make_reader
 
         kafka = self.settings.kafka
-        consumer = KafkaConsumer(group_id=None, **connection_kwargs(kafka))
+        consumer = make_reader(kafka)
         tps = [TopicPartition(kafka.results_topic, p) for p in range(3)]
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)
@@ -259,13 +259,12 @@ def end_to_end(stream: _Stream, images: list[bytes], paced: int) -> list[dict[st
 
 def _cleanup(stream: _Stream) -> None:
     try:
-        from kafka.admin import KafkaAdminClient
-
-        from memkd_stream.broker.clients import connection_kwargs
+        from memkd_stream.broker.clients import make_admin
+        from memkd_stream.broker.topics import topic_names
 
         kafka = stream.settings.kafka
-        admin = KafkaAdminClient(**connection_kwargs(kafka))
-        admin.delete_topics([kafka.inspect_topic, kafka.results_topic, kafka.dlq_topic])
+        admin = make_admin(kafka)
+        admin.delete_topics(topic_names(kafka))
         admin.close()
         client = stream.store.client
         keys = list(client.scan_iter(f"{stream.run}:*"))

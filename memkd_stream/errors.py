@@ -1,35 +1,72 @@
-"""The base error of the memkd-stream service.
+"""The service's error base, its stable error codes, and the exit codes of both programs.
 
 Every failure a user or an operator can act on is a :class:`MemkdStreamError`: a stable ``code``
-(logs, metrics, dead-letter headers, ``--json`` output match on it) and a sentence a plant engineer
-can act on (``str(exc)``). Subclasses live in the module that raises them (``UnknownLine`` in
-``line_store``, ``BadRequest`` in ``wire``, ``SettingsError`` in ``settings``); only the base
-lives here.
+(logs, metrics and ``--json`` output carry it) and a sentence a plant engineer can act on
+(``str(exc)``). Callers dispatch on the exception *type*, never on the code's text. Subclasses
+live with the package that raises them (``lines.errors``, ``broker.errors``,
+``contract.errors``, ``worker.engine``); only the base and the code tables live here.
+
+The model library has the same shape (``memkd.errors.MemKDError(message, *, code=None)``) and
+its own code table, because it never imports the service.
 """
 
 from __future__ import annotations
 
-__all__ = ["MemkdStreamError"]
+from enum import IntEnum, StrEnum
+
+__all__ = ["ErrorCode", "ExitCode", "MemkdStreamError"]
+
+
+class ErrorCode(StrEnum):
+    """Stable codes of the service's expected errors (the dead-letter codes of the wire contract
+    are ``contract.codes.DeadLetterCode``)."""
+
+    GENERIC = "memkd-stream-error"
+    SETTINGS_INVALID = "settings-invalid"
+    USAGE = "usage"
+    INTERRUPTED = "interrupted"
+    FILE_ERROR = "file-error"
+    NO_IMAGES = "no-images"
+    DATASET_INVALID = "dataset-invalid"
+    BAD_LINE_ID = "bad-line-id"
+    UNKNOWN_LINE = "unknown-line"
+    UNKNOWN_VERSION = "unknown-version"
+    LINE_UNAVAILABLE = "line-unavailable"
+    VERSION_ACTIVE = "version-active"
+    NO_ROLLBACK_TARGET = "no-rollback-target"
+    REDIS_UNAVAILABLE = "redis-unavailable"
+    ARTIFACT_CHECKSUM = "artifact-checksum"
+    ARTIFACT_INVALID = "artifact-invalid"
+    ARTIFACT_MISMATCH = "artifact-mismatch"
+    KAFKA_UNAVAILABLE = "kafka-unavailable"
+    TOPIC_MISSING = "topic-missing"
+
+
+class ExitCode(IntEnum):
+    """Exit statuses of ``memkd-stream`` and ``memkd-worker`` (README.md lists them)."""
+
+    OK = 0  # done; the worker drained and stopped after SIGTERM/SIGINT
+    # memkd-stream: the command failed (an expected error, one line on stderr);
+    # memkd-worker: ended hard because a drain overran its grace period
+    FAILED = 1
+    USAGE = 2  # bad arguments or settings; the worker: also a teacher that cannot be loaded
+    BROKER_UNREACHABLE = 3  # memkd-worker: Kafka unreachable longer than its budget
+    INTERRUPTED = 130  # memkd-stream: Ctrl-C
 
 
 class MemkdStreamError(Exception):
     """Base class of the service's expected errors.
 
-    Two call forms, both used in the package:
-
-    - ``UnknownLine("line A is not known")`` — the code is the subclass's ``code`` attribute;
-    - ``BadRequest("bad-header", "the key is not a line id")`` — code given first, then the message
-      (for errors whose code varies per instance, like the dead-letter codes).
+    ``MemkdStreamError(message, *, code=None)``: the code is the subclass's ``code`` attribute
+    unless one is given (errors whose code varies per instance, like a dead letter's).
     """
 
-    code: str = "memkd-stream-error"
+    code: str = ErrorCode.GENERIC
 
-    def __init__(self, code_or_message: str, message: str | None = None) -> None:
-        if message is None:
-            message = code_or_message
-        else:
-            self.code = code_or_message
+    def __init__(self, message: str, *, code: str | None = None) -> None:
         super().__init__(message)
+        if code is not None:
+            self.code = code
 
     @property
     def message(self) -> str:
@@ -37,4 +74,4 @@ class MemkdStreamError(Exception):
         return str(self)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(code={self.code!r}, message={self.message!r})"
+        return f"{type(self).__name__}(code={str(self.code)!r}, message={self.message!r})"

@@ -16,14 +16,16 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import structlog
 
 if TYPE_CHECKING:
     from memkd_stream.settings import LogSettings
 
-__all__ = ["configure_logging", "get_logger", "redact_secrets"]
+__all__ = ["Logger", "configure_logging", "get_logger", "redact_secrets", "redact_url"]
+
+Logger = structlog.stdlib.BoundLogger
 
 _MASK = "**********"
 _SECRET_KEY = re.compile(r"pass(word)?|secret|token|credential|api_?key", re.IGNORECASE)
@@ -32,13 +34,18 @@ _URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:@/\s
 _CHATTY_LIBRARIES = ("kafka", "urllib3")
 
 
+def redact_url(text: str) -> str:
+    """``redis://user:secret@host`` -> ``redis://user:***@host``, for every URL in ``text``."""
+    return _URL_CREDENTIALS.sub(r"\g<scheme>\g<user>:***@", text)
+
+
 def redact_secrets(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
     """structlog processor: mask secret-named keys and URL credentials in every value."""
     for key, value in event_dict.items():
         if _SECRET_KEY.search(key) and value is not None:
             event_dict[key] = _MASK
         elif isinstance(value, str) and "://" in value:
-            event_dict[key] = _URL_CREDENTIALS.sub(r"\g<scheme>\g<user>:***@", value)
+            event_dict[key] = redact_url(value)
     return event_dict
 
 
@@ -96,6 +103,6 @@ def configure_logging(settings: LogSettings, stream: Any = None) -> None:
         logging.getLogger(name).setLevel(level if level <= logging.DEBUG else logging.WARNING)
 
 
-def get_logger(name: str | None = None) -> Any:
+def get_logger(name: str | None = None) -> Logger:
     """A structlog logger; use keyword fields: ``log.info("scored", line=..., offset=...)``."""
-    return structlog.get_logger(name)
+    return cast(Logger, structlog.get_logger(name))

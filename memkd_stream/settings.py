@@ -41,7 +41,8 @@ from pydantic_settings import (
 )
 
 from memkd_stream.contract.line_id import LINE_ID_RE
-from memkd_stream.errors import MemkdStreamError
+from memkd_stream.errors import ErrorCode, MemkdStreamError
+from memkd_stream.log import redact_url
 
 if TYPE_CHECKING:
     import redis
@@ -58,7 +59,6 @@ __all__ = [
     "WorkerSettings",
     "env_name",
     "load_settings",
-    "redact_url",
 ]
 
 ENV_PREFIX = "MEMKD_"
@@ -67,7 +67,6 @@ MiB = 1024 * 1024
 GiB = 1024 * MiB
 
 _SECRET_FIELDS = frozenset({"sasl_password", "ssl_password", "password"})
-_URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:@/]*):(?P<pw>[^@/]+)@")
 _DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
 _LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -79,12 +78,7 @@ _config_file: ContextVar[Path | None] = ContextVar("memkd_config_file", default=
 class SettingsError(MemkdStreamError, ValueError):
     """A setting is missing, malformed or out of range; the message names the variable."""
 
-    code = "settings-invalid"
-
-
-def redact_url(url: str) -> str:
-    """``redis://user:secret@host`` -> ``redis://user:***@host`` (for reprs and logs)."""
-    return _URL_CREDENTIALS.sub(r"\g<scheme>\g<user>:***@", url)
+    code: str = ErrorCode.SETTINGS_INVALID
 
 
 class _Group(BaseModel):

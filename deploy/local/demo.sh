@@ -43,20 +43,16 @@ step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 # Deletes this run's three topics (best effort, short timeouts: a dead broker must not hang exit).
 delete_topics() {
   "$PY" - <<'PYEOF' || echo "could not delete the topics memkd.$RUN.* (delete them by hand)" >&2
-from kafka.admin import KafkaAdminClient
-
-from memkd_stream.broker.clients import connection_kwargs
+from memkd_stream.broker.clients import make_admin
+from memkd_stream.broker.topics import topic_names
 from memkd_stream.settings import load_settings
 
 kafka = load_settings().kafka
-config = connection_kwargs(kafka)
-config.update(bootstrap_timeout_ms=5000, request_timeout_ms=10000, client_id="memkd-demo-cleanup")
 try:
-    admin = KafkaAdminClient(**config)
+    admin = make_admin(kafka, client_id="memkd-demo-cleanup", timeout_s=5)
     try:
         existing = set(admin.list_topics())
-        wanted = (kafka.inspect_topic, kafka.results_topic, kafka.dlq_topic)
-        names = [t for t in wanted if t in existing]
+        names = [t for t in topic_names(kafka) if t in existing]
         if names:
             admin.delete_topics(names)
             print("deleted the demo topics:", ", ".join(names))

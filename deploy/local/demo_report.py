@@ -23,28 +23,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-__all__ = ["main", "overlay"]
-
-
-def overlay(
-    image: Image.Image, mask_u8: np.ndarray, roi: tuple[int, int, int, int] | None
-) -> Image.Image:
-    """The mask as a heat layer over ``image``. Mask 128 is the line's threshold (DESIGN.md §3):
-    clear below 80 % of it, red around it, yellow above 120 %."""
-    base = image.convert("RGB")
-    width, height = base.size
-    x, y, w, h = roi if roi is not None else (0, 0, width, height)
-    heat = Image.fromarray(mask_u8).resize((w, h), Image.BILINEAR)
-    level = np.asarray(heat, dtype=np.float32) / 255.0  # 0.5 = threshold
-    strength = np.clip((level - 0.4) / 0.2, 0.0, 1.0)
-    rgb = np.zeros((h, w, 3), dtype=np.float32)
-    rgb[..., 0] = 255.0
-    rgb[..., 1] = np.clip((level - 0.5) / 0.1, 0.0, 1.0) * 255.0
-    alpha = (strength * 0.75)[..., None]
-    out = np.asarray(base, dtype=np.float32).copy()
-    region = out[y : y + h, x : x + w]
-    out[y : y + h, x : x + w] = region * (1 - alpha) + rgb * alpha
-    return Image.fromarray(out.astype(np.uint8))
+__all__ = ["main"]
 
 
 def _truth(image_id: str, prefix: str) -> tuple[str, int]:
@@ -54,7 +33,7 @@ def _truth(image_id: str, prefix: str) -> tuple[str, int]:
 
 
 def _collect(settings: Any, expect: int, prefix: str, timeout_s: float) -> tuple[list, list]:
-    from memkd_stream.cli.stream import read_results
+    from memkd_stream.broker.results import read_results
 
     kafka = settings.kafka
     deadline = time.monotonic() + timeout_s
@@ -161,21 +140,28 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _write_overlay(test_dir: Path, truth_dir: Path, row: dict[str, Any], out: Path) -> None:
+    """[image | streamed mask over it | ground truth], drawn by ``eval``'s figure code: the wire
+    mask is the map in units of 2 x threshold (DESIGN.md §3), so map = mask / 255 and the
+    threshold is 0.5."""
+    from memkd_stream.cli.figures import overlay_panel
+
     source = test_dir / row["rel"]
     if not source.is_file():
         return
-    image = Image.open(source).convert("RGB")
-    mask = np.asarray(Image.open(io.BytesIO(base64.b64decode(row["mask"]["data"]))).convert("L"))
-    panels = [image, overlay(image, mask, None)]
+    mask_png = Image.open(io.BytesIO(base64.b64decode(row["mask"]["data"]))).convert("L")
+    heat = np.asarray(mask_png, dtype=np.float32) / 255.0
+    truth = None
     gt = truth_dir / Path(row["rel"]).parent / f"{Path(row['rel']).stem}_mask.png"
     if gt.is_file():
-        panels.append(Image.open(gt).convert("RGB").resize(image.size))
-    canvas = Image.new("RGB", (image.width * len(panels), image.height))
-    for i, panel in enumerate(panels):
-        canvas.paste(panel, (i * image.width, 0))
-    name = row["rel"].replace("/", "_").rsplit(".", 1)[0]
+        truth = np.asarray(Image.open(gt).convert("L").resize(mask_png.size, Image.NEAREST)) > 0
     verdict = "anomalous" if row["anomalous"] else "ok"
-    canvas.save(out / f"{name}_{verdict}_{row['score']:.3f}.png")
+    caption = [
+        f"{row['rel']}  truth: {'defect' if row['label'] else 'good'}",
+        f"score {row['score']:.4g}  threshold {row['threshold']:.4g}  {verdict.upper()}",
+    ]
+    panel = overlay_panel(Image.open(source), heat, 0.5, caption, mask=truth)
+    name = row["rel"].replace("/", "_").rsplit(".", 1)[0]
+    panel.save(out / f"{name}_{verdict}_{row['score']:.3f}.png")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -8,6 +8,8 @@ settings that make the contract hold are not scattered:
   broker's ``max.message.bytes`` (else a large image blocks its partition forever), and the
   cooperative sticky assignor (KIP-429, supported by kafka-python >= 2.3): a rebalance only
   revokes the partitions that actually move, so the other partitions keep flowing.
+- group-less reader (``make_reader``): what ``results`` and the tests read topics with; it
+  joins no group and commits nothing, so it takes nothing from the workers.
 - producer: ``acks=all`` and idempotence (broker retries never duplicate or reorder a result),
   ``max_request_size`` matched to the topic limit, and a delivery timeout equal to the broker
   unreachable budget: a result that cannot be delivered within it fails, and the worker exits
@@ -20,13 +22,24 @@ call the blocking consumer API (it raises); see ``rebalance.RebalanceHandler``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient
 from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
 
-__all__ = ["ASSIGNOR", "connection_kwargs", "make_admin", "make_consumer", "make_producer"]
+if TYPE_CHECKING:
+    from memkd_stream.settings import KafkaSettings
+
+__all__ = [
+    "ASSIGNOR",
+    "connection_kwargs",
+    "make_admin",
+    "make_consumer",
+    "make_producer",
+    "make_reader",
+    "timeout_ms",
+]
 
 ASSIGNOR = CooperativeStickyAssignor
 
@@ -34,7 +47,7 @@ ASSIGNOR = CooperativeStickyAssignor
 _FRAME_OVERHEAD = 1024 * 1024
 
 
-def connection_kwargs(kafka: Any) -> dict[str, Any]:
+def connection_kwargs(kafka: KafkaSettings) -> dict[str, Any]:
     """Bootstrap, security and timeout kwargs common to every kafka-python client."""
     kwargs: dict[str, Any] = dict(kafka.client_kwargs())
     kwargs.setdefault("bootstrap_servers", kafka.bootstrap_servers)
@@ -42,8 +55,14 @@ def connection_kwargs(kafka: Any) -> dict[str, Any]:
     return kwargs
 
 
+def _fetch_bytes(kafka: KafkaSettings) -> int:
+    """Fetch sizes at least ``max.message.bytes`` plus framing, else a large image blocks its
+    partition forever."""
+    return int(kafka.max_message_bytes) + _FRAME_OVERHEAD
+
+
 def make_consumer(
-    kafka: Any,
+    kafka: KafkaSettings,
     *,
     topics: list[str] | None = None,
     group_id: str | None = None,
@@ -52,7 +71,7 @@ def make_consumer(
     **overrides: Any,
 ) -> KafkaConsumer:
     """A group consumer for ``topics`` (subscribe later when None) with manual commits."""
-    fetch_bytes = int(kafka.max_message_bytes) + _FRAME_OVERHEAD
+    fetch_bytes = _fetch_bytes(kafka)
     config: dict[str, Any] = connection_kwargs(kafka)
     config.update(
         group_id=group_id if group_id is not None else kafka.group_id,
@@ -75,7 +94,9 @@ def make_consumer(
     return consumer
 
 
-def make_producer(kafka: Any, *, client_id: str | None = None, **overrides: Any) -> KafkaProducer:
+def make_producer(
+    kafka: KafkaSettings, *, client_id: str | None = None, **overrides: Any
+) -> KafkaProducer:
     """An idempotent ``acks=all`` producer sized for the topics' ``max.message.bytes``."""
     delivery_ms = int(float(kafka.unreachable_timeout_s) * 1000)
     request_ms = int(kafka.request_timeout_ms)
@@ -96,7 +117,36 @@ def make_producer(kafka: Any, *, client_id: str | None = None, **overrides: Any)
     return KafkaProducer(**config)
 
 
-def make_admin(kafka: Any, *, client_id: str | None = None) -> KafkaAdminClient:
+def make_admin(
+    kafka: KafkaSettings, *, client_id: str | None = None, timeout_s: float | None = None
+) -> KafkaAdminClient:
+    """An admin client; with ``timeout_s`` it gives up on the broker that soon (commands ask a
+    person's question, not a worker's)."""
     config = connection_kwargs(kafka)
     config["client_id"] = (client_id or kafka.client_id) + "-admin"
+    if timeout_s is not None:
+        ms = timeout_ms(timeout_s)
+        config.update(
+            bootstrap_timeout_ms=ms, request_timeout_ms=ms, reconnect_backoff_max_ms=min(ms, 1000)
+        )
     return KafkaAdminClient(**config)
+
+
+def make_reader(kafka: KafkaSettings, *, timeout_s: float | None = None) -> KafkaConsumer:
+    """A group-less consumer (assign and seek by hand): joins no group, commits nothing."""
+    config = connection_kwargs(kafka)
+    if timeout_s is not None:
+        config["bootstrap_timeout_ms"] = timeout_ms(timeout_s)
+    fetch_bytes = _fetch_bytes(kafka)
+    return KafkaConsumer(
+        group_id=None,
+        enable_auto_commit=False,
+        fetch_max_bytes=max(52428800, fetch_bytes),
+        max_partition_fetch_bytes=fetch_bytes,
+        **config,
+    )
+
+
+def timeout_ms(timeout_s: float) -> int:
+    """A client timeout in ms, at least one second."""
+    return max(1000, int(timeout_s * 1000))

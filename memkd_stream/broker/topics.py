@@ -1,4 +1,5 @@
-"""Create the three topics of DESIGN.md §1 with the size limit the worker relies on.
+"""The three topics of DESIGN.md §1: create them with the size limit the worker relies on, and
+ask the broker which topics exist (quickly, with a clear error when it does not answer).
 
 The inspect topic carries raw images, so its ``max.message.bytes`` must match the producer's
 ``max_request_size`` and the consumer's fetch size (all from ``kafka.max_message_bytes``);
@@ -9,13 +10,17 @@ Creation is idempotent: a topic that already exists is reported, never altered.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from kafka.errors import TopicAlreadyExistsError
 
 from memkd_stream.broker.clients import make_admin
+from memkd_stream.broker.errors import TopicMissing, is_unreachable, unavailable
 
-__all__ = ["TopicStatus", "ensure_topics", "topic_names"]
+if TYPE_CHECKING:
+    from memkd_stream.settings import KafkaSettings
+
+__all__ = ["TopicStatus", "broker_topics", "ensure_topics", "require_topic", "topic_names"]
 
 
 @dataclass(frozen=True)
@@ -25,12 +30,40 @@ class TopicStatus:
     created: bool
 
 
-def topic_names(kafka: Any) -> list[str]:
+def topic_names(kafka: KafkaSettings) -> list[str]:
     return [kafka.inspect_topic, kafka.results_topic, kafka.dlq_topic]
 
 
+def broker_topics(kafka: KafkaSettings, timeout_s: float) -> set[str]:
+    """The broker's topic names, asked with a short timeout (raises KafkaUnavailable)."""
+    try:
+        admin = make_admin(kafka, client_id=f"{kafka.client_id}-cli", timeout_s=timeout_s)
+    except Exception as exc:
+        if is_unreachable(exc):
+            raise unavailable(kafka.bootstrap_servers, timeout_s, exc) from exc
+        raise
+    try:
+        return set(admin.list_topics())
+    except Exception as exc:
+        if is_unreachable(exc):
+            raise unavailable(kafka.bootstrap_servers, timeout_s, exc) from exc
+        raise
+    finally:
+        admin.close()
+
+
+def require_topic(kafka: KafkaSettings, topic: str, topics: set[str], what: str = "") -> None:
+    """Raise TopicMissing (naming the command that creates it) unless ``topic`` is in ``topics``."""
+    if topic not in topics:
+        name = f"{topic} ({what})" if what else topic
+        raise TopicMissing(
+            f"topic {name} does not exist on {kafka.bootstrap_servers}; "
+            "create it with: memkd-stream topics create"
+        )
+
+
 def ensure_topics(
-    kafka: Any,
+    kafka: KafkaSettings,
     partitions: int | None = None,
     names: list[str] | None = None,
     replication_factor: int | None = None,

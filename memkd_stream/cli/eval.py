@@ -114,7 +114,7 @@ def _model_source(ctx: Context) -> tuple[str, dict[str, Any], bytes | Path, str 
     """(name, record, bytes or path, expected sha256) of the model to evaluate."""
     args = ctx.args
     if args.artifact is not None:
-        from memkd_stream.lines.store import read_artifact_record
+        from memkd_stream.lines.artifact_file import read_artifact_record
 
         record = read_artifact_record(args.artifact)
         return str(args.artifact), record, args.artifact, None
@@ -122,7 +122,7 @@ def _model_source(ctx: Context) -> tuple[str, dict[str, Any], bytes | Path, str 
     version = args.version if args.version is not None else store.current(args.line)
     if version is None:
         store.versions(args.line)  # UnknownLine when the line does not exist
-        from memkd_stream.lines.store import UnknownVersion
+        from memkd_stream.lines.errors import UnknownVersion
 
         raise UnknownVersion(f"line {args.line} has no active version; pass --version")
     meta = store.meta(args.line, version)

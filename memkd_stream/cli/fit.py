@@ -155,9 +155,9 @@ def _fit(ctx: Context) -> int:
         except MemkdStreamError as exc:
             # The model is trained and on disk: say how to publish it instead of losing an hour.
             raise type(exc)(
-                exc.code,
                 f"{exc}; the trained model is saved as {path}: publish it later with "
                 f"`memkd-stream lines publish {args.line} {path}`",
+                code=exc.code,
             ) from exc
 
     calibration = model.calibration.to_dict()

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from memkd_stream.errors import MemkdStreamError
+from memkd_stream.errors import ErrorCode, MemkdStreamError
 
 if TYPE_CHECKING:
     from memkd.backbones import Teacher
@@ -33,13 +33,12 @@ __all__ = [
 
 # Listed here (not imported from memkd) so that ``--help`` never imports torch.
 BACKBONES = ("tf_efficientnet_lite0", "wide_resnet50_2")
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
 
 class DatasetError(MemkdStreamError):
     """A dataset folder that is missing, empty, or has too few readable images."""
 
-    code = "dataset-invalid"
+    code: str = ErrorCode.DATASET_INVALID
 
 
 @dataclass(frozen=True)

@@ -260,7 +260,7 @@ def _export(ctx: Context) -> int:
     version = ctx.args.version or store.current(line)
     if version is None:
         store.versions(line)  # unknown line -> UnknownLine
-        from memkd_stream.lines.store import UnknownVersion
+        from memkd_stream.lines.errors import UnknownVersion
 
         raise UnknownVersion(f"line {line} has no active version; pass --version")
     meta = store.download(line, version, ctx.args.out)

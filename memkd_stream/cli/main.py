@@ -22,9 +22,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from memkd_stream import package_version
+from memkd_stream.broker.errors import is_unreachable
 from memkd_stream.cli.output import Output
+from memkd_stream.contract.errors import BadLineId
 from memkd_stream.contract.line_id import validate_line_id
-from memkd_stream.errors import MemkdStreamError
+from memkd_stream.errors import ErrorCode, ExitCode, MemkdStreamError
 
 if TYPE_CHECKING:
     from memkd_stream.lines.store import LineStore
@@ -80,7 +83,7 @@ def _common_options() -> argparse.ArgumentParser:
 class UsageError(MemkdStreamError):
     """Arguments that parse but do not go together (exit 2, like argparse's own errors)."""
 
-    code = "usage"
+    code: str = ErrorCode.USAGE
 
 
 class CommandParser(argparse.ArgumentParser):
@@ -106,7 +109,7 @@ def line_arg(text: str) -> str:
     """argparse type for a line id (a bad one is a usage error, exit 2)."""
     try:
         return validate_line_id(text)
-    except MemkdStreamError as exc:
+    except BadLineId as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
@@ -144,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train, evaluate and manage MemKD line models; talk to the inspection stream.",
         epilog=EPILOG,
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_package_version()}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     subparsers = parser.add_subparsers(
         dest="command", metavar="COMMAND", required=True, parser_class=CommandParser
     )
@@ -162,47 +165,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _package_version() -> str:
-    """The installed distribution's version (what a bug report should quote)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("memkd-stream")
-    except PackageNotFoundError:  # running from a bare checkout
-        return "unknown"
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``memkd-stream`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help (0) or a usage error (2)
-        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+        if isinstance(exc.code, int):
+            return exc.code
+        return ExitCode.OK if exc.code is None else ExitCode.USAGE
     out = Output(json_mode=getattr(args, "json", False))
     try:
         settings = _load_settings(getattr(args, "config", None), getattr(args, "log_level", None))
     except MemkdStreamError as exc:
         out.error(exc.code, str(exc))
-        return 2
+        return ExitCode.USAGE
     handler: Callable[..., int | None] = args.handler
     try:
         return int(handler(Context(args, settings, out)) or 0)
     except KeyboardInterrupt:
-        out.error("interrupted", "interrupted")
-        return 130
+        out.error(ErrorCode.INTERRUPTED, "interrupted")
+        return ExitCode.INTERRUPTED
     except UsageError as exc:
         out.error(exc.code, str(exc))
-        return 2
+        return ExitCode.USAGE
     except MemkdStreamError as exc:
         out.error(exc.code, str(exc))
-        return 1
+        return ExitCode.FAILED
     except Exception as exc:
         code = _expected_error_code(exc)
         if code is None:
             raise
         out.error(code, _describe(exc, settings))
-        return 1
+        return ExitCode.FAILED
 
 
 def _load_settings(config: Path | None, log_level: str | None) -> Settings:
@@ -226,30 +221,17 @@ def _expected_error_code(exc: BaseException) -> str | None:
     memkd_errors = sys.modules.get("memkd.errors")
     if memkd_errors is not None and isinstance(exc, memkd_errors.MemKDError):
         return str(exc.code)
-    if _is_kafka_unreachable(exc):
-        return "kafka-unavailable"
+    if is_unreachable(exc):
+        return ErrorCode.KAFKA_UNAVAILABLE
     if isinstance(exc, OSError) and exc.filename is not None:
-        return "file-error"
+        return ErrorCode.FILE_ERROR
     return None
-
-
-def _is_kafka_unreachable(exc: BaseException) -> bool:
-    """kafka-python's "no broker answered" errors (a down or misnamed broker), not its bugs."""
-    kafka_errors = sys.modules.get("kafka.errors")
-    if kafka_errors is None:
-        return False
-    kinds = tuple(
-        getattr(kafka_errors, name)
-        for name in ("NoBrokersAvailable", "KafkaTimeoutError", "KafkaConnectionError")
-        if hasattr(kafka_errors, name)
-    )
-    return isinstance(exc, kinds)
 
 
 def _describe(exc: BaseException, settings: Settings | None = None) -> str:
     if isinstance(exc, OSError) and exc.filename is not None:
         return f"{exc.filename}: {exc.strerror or exc}"
-    if _is_kafka_unreachable(exc):
+    if is_unreachable(exc):
         where = settings.kafka.bootstrap_servers if settings is not None else "?"
         detail = str(exc).removeprefix(f"{type(exc).__name__}: ")
         # kafka-python says the same "timed out" for a dead broker and for a missing topic.

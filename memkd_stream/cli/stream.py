@@ -20,36 +20,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+from memkd_stream.broker.errors import is_unreachable, unavailable
+from memkd_stream.broker.topics import broker_topics, require_topic
 from memkd_stream.cli.main import Context, line_arg
-from memkd_stream.errors import MemkdStreamError
+from memkd_stream.contract.formats import IMAGE_SUFFIXES
+from memkd_stream.contract.headers import HEADER_ID, HEADER_SENT_AT
+from memkd_stream.errors import ErrorCode, ExitCode
 
-__all__ = [
-    "CONNECT_TIMEOUT_S",
-    "IMAGE_SUFFIXES",
-    "KafkaUnavailable",
-    "TopicMissing",
-    "collect_images",
-    "plural",
-    "read_results",
-    "register",
-]
+__all__ = ["CONNECT_TIMEOUT_S", "collect_images", "plural", "register"]
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
 # How long a command waits for the broker before saying it is unreachable. The clients'
 # defaults (30 s bootstrap, 60 s producer metadata) suit the worker, not a person at a prompt.
 CONNECT_TIMEOUT_S = 10.0
-
-
-class TopicMissing(MemkdStreamError):
-    """The topic a command reads or writes does not exist on the broker."""
-
-    code = "topic-missing"
-
-
-class KafkaUnavailable(MemkdStreamError):
-    """No broker answered within the connect timeout."""
-
-    code = "kafka-unavailable"
 
 
 def plural(n: int, word: str) -> str:
@@ -172,68 +154,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c.set_defaults(handler=_topics_create)
 
 
-# ------------------------------------------------------------------------------ broker
-def _timeout_ms(timeout_s: float) -> int:
-    return max(1000, int(timeout_s * 1000))
-
-
-def _unavailable(kafka: Any, timeout_s: float, exc: BaseException) -> KafkaUnavailable:
-    detail = str(exc).removeprefix(f"{type(exc).__name__}: ") or type(exc).__name__
-    return KafkaUnavailable(
-        f"Kafka at {kafka.bootstrap_servers} did not answer within {timeout_s:g} s ({detail}); "
-        "is the broker up and MEMKD_KAFKA__BOOTSTRAP_SERVERS right?"
-    )
-
-
-def _is_unreachable(exc: BaseException) -> bool:
-    from kafka import errors
-
-    # NoBrokersAvailable is gone from kafka-python 3.x (a dead broker is a KafkaTimeoutError
-    # there); kept for 2.x.
-    names = ("NoBrokersAvailable", "KafkaTimeoutError", "KafkaConnectionError")
-    kinds = tuple(getattr(errors, n) for n in names if hasattr(errors, n))
-    return isinstance(exc, kinds)
-
-
-def broker_topics(kafka: Any, timeout_s: float = CONNECT_TIMEOUT_S) -> set[str]:
-    """The broker's topic names, asked with a short timeout (raises KafkaUnavailable)."""
-    from kafka.admin import KafkaAdminClient
-
-    from memkd_stream.broker.clients import connection_kwargs
-
-    ms = _timeout_ms(timeout_s)
-    config = connection_kwargs(kafka)
-    config.update(
-        client_id=f"{kafka.client_id}-cli",
-        bootstrap_timeout_ms=ms,
-        request_timeout_ms=ms,
-        reconnect_backoff_max_ms=min(ms, 1000),
-    )
-    try:
-        admin = KafkaAdminClient(**config)
-    except Exception as exc:
-        if _is_unreachable(exc):
-            raise _unavailable(kafka, timeout_s, exc) from exc
-        raise
-    try:
-        return set(admin.list_topics())
-    except Exception as exc:
-        if _is_unreachable(exc):
-            raise _unavailable(kafka, timeout_s, exc) from exc
-        raise
-    finally:
-        admin.close()
-
-
-def _require_topic(kafka: Any, topic: str, topics: set[str], what: str = "") -> None:
-    if topic not in topics:
-        name = f"{topic} ({what})" if what else topic
-        raise TopicMissing(
-            f"topic {name} does not exist on {kafka.bootstrap_servers}; "
-            "create it with: memkd-stream topics create"
-        )
-
-
 # ------------------------------------------------------------------------------ produce
 def collect_images(paths: list[Path]) -> list[tuple[Path, str]]:
     """(file, id) for every image: files as given, folders walked in sorted order; the id is
@@ -262,27 +182,29 @@ def _parse_headers(items: list[str]) -> list[tuple[str, bytes]]:
 
 
 def _produce(ctx: Context) -> int:
-    from memkd_stream.broker.clients import make_producer
+    from memkd_stream.broker.clients import make_producer, timeout_ms
 
     args = ctx.args
     kafka = ctx.settings.kafka
     images = collect_images(args.paths)
     if not images:
-        ctx.out.error("no-images", "no image files (png, jpg, bmp, tif) under the paths given")
-        return 1
+        ctx.out.error(
+            ErrorCode.NO_IMAGES, "no image files (png, jpg, bmp, tif) under the paths given"
+        )
+        return ExitCode.FAILED
     try:
         extra = _parse_headers(args.header)
     except argparse.ArgumentTypeError as exc:
-        ctx.out.error("usage", str(exc))
-        return 2
+        ctx.out.error(ErrorCode.USAGE, str(exc))
+        return ExitCode.USAGE
     timeout_s = float(args.connect_timeout)
-    _require_topic(kafka, kafka.inspect_topic, broker_topics(kafka, timeout_s), "inspect")
-    ms = _timeout_ms(timeout_s)
+    require_topic(kafka, kafka.inspect_topic, broker_topics(kafka, timeout_s), "inspect")
+    ms = timeout_ms(timeout_s)
     try:
         producer = make_producer(kafka, bootstrap_timeout_ms=ms, max_block_ms=ms)
     except Exception as exc:
-        if _is_unreachable(exc):
-            raise _unavailable(kafka, timeout_s, exc) from exc
+        if is_unreachable(exc):
+            raise unavailable(kafka.bootstrap_servers, timeout_s, exc) from exc
         raise
     interval = 1.0 / args.rate if args.rate else 0.0
     started = time.monotonic()
@@ -298,8 +220,8 @@ def _produce(ctx: Context) -> int:
             total_bytes += len(value)
             headers = list(extra)
             if args.id_from_filename or args.id_prefix:
-                headers.append(("memkd-id", f"{args.id_prefix}{image_id}".encode()))
-            headers.append(("memkd-sent-at", str(int(time.time() * 1000)).encode()))
+                headers.append((HEADER_ID, f"{args.id_prefix}{image_id}".encode()))
+            headers.append((HEADER_SENT_AT, str(int(time.time() * 1000)).encode()))
             futures.append(
                 producer.send(
                     kafka.inspect_topic, key=args.line.encode(), value=value, headers=headers
@@ -309,8 +231,8 @@ def _produce(ctx: Context) -> int:
         for future in futures:
             future.get(timeout=1)  # raises if the broker refused a record
     except Exception as exc:
-        if _is_unreachable(exc):
-            raise _unavailable(kafka, timeout_s, exc) from exc
+        if is_unreachable(exc):
+            raise unavailable(kafka.bootstrap_servers, timeout_s, exc) from exc
         raise
     finally:
         producer.close(timeout=5)
@@ -331,101 +253,6 @@ def _produce(ctx: Context) -> int:
 
 
 # ------------------------------------------------------------------------------ results
-def read_results(
-    kafka: Any,
-    *,
-    topic: str,
-    follow: bool,
-    from_beginning: bool,
-    line: str | None = None,
-    max_records: int | None = None,
-    timeout_s: float | None = None,
-    on_record: Any = None,
-    require_topic: bool = False,
-    connect_timeout_s: float | None = None,
-) -> list[dict[str, Any]]:
-    """Read ``topic`` without a consumer group (nothing is committed, nothing is taken from the
-    workers) and return parsed records: results as their JSON, dead letters as their headers.
-
-    A missing topic reads as empty unless ``require_topic`` (then TopicMissing);
-    ``connect_timeout_s`` bounds the wait for the broker (then KafkaUnavailable)."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    from memkd_stream.broker.clients import connection_kwargs
-
-    config = connection_kwargs(kafka)
-    if connect_timeout_s is not None:
-        config["bootstrap_timeout_ms"] = _timeout_ms(connect_timeout_s)
-    try:
-        consumer = KafkaConsumer(
-            group_id=None,
-            enable_auto_commit=False,
-            fetch_max_bytes=max(52428800, int(kafka.max_message_bytes) + 1024 * 1024),
-            max_partition_fetch_bytes=int(kafka.max_message_bytes) + 1024 * 1024,
-            **config,
-        )
-    except Exception as exc:
-        if connect_timeout_s is not None and _is_unreachable(exc):
-            raise _unavailable(kafka, connect_timeout_s, exc) from exc
-        raise
-    out: list[dict[str, Any]] = []
-    try:
-        partitions = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-        if not tps:
-            if require_topic:
-                _require_topic(kafka, topic, set())
-            return out
-        consumer.assign(tps)
-        if follow and not from_beginning:
-            consumer.seek_to_end(*tps)
-        else:
-            consumer.seek_to_beginning(*tps)
-        ends = None if follow else consumer.end_offsets(tps)
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        while True:
-            if max_records is not None and len(out) >= max_records:
-                break
-            if deadline is not None and time.monotonic() >= deadline:
-                break
-            if ends is not None and all(consumer.position(tp) >= ends[tp] for tp in tps):
-                break
-            for records in consumer.poll(timeout_ms=200).values():
-                for record in records:
-                    key = record.key.decode("utf-8", "replace") if record.key else None
-                    if line is not None and key != line:
-                        continue
-                    doc = _parse_record(record, key)
-                    out.append(doc)
-                    if on_record is not None:
-                        on_record(doc)
-                    if max_records is not None and len(out) >= max_records:
-                        break
-    finally:
-        consumer.close()
-    return out
-
-
-def _parse_record(record: Any, key: str | None) -> dict[str, Any]:
-    headers = {k: (v or b"").decode("utf-8", "replace") for k, v in (record.headers or [])}
-    try:
-        doc = json.loads(record.value) if record.value else None
-    except (ValueError, UnicodeDecodeError):
-        doc = None
-    if not isinstance(doc, dict) or "schema" not in doc:
-        # a dead letter: the image bytes are not useful on a terminal
-        return {
-            "id": headers.get("memkd-id", headers.get("memkd-source")),
-            "line": key,
-            "error": headers.get("memkd-error"),
-            "detail": headers.get("memkd-error-detail"),
-            "source": headers.get("memkd-source"),
-            "headers": headers,
-        }
-    doc["headers"] = headers
-    return doc
-
-
 def _row(doc: dict[str, Any]) -> list[str]:
     if "error" in doc:
         return [str(doc.get("id")), str(doc.get("line")), "-", "-", "-", f"DLQ {doc['error']}"]
@@ -453,13 +280,15 @@ def _brief(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 def _results(ctx: Context) -> int:
+    from memkd_stream.broker.results import read_results
+
     args = ctx.args
     kafka = ctx.settings.kafka
     topic = kafka.dlq_topic if args.dlq else kafka.results_topic
     what = "dead letters" if args.dlq else "results"
     out = ctx.out
     timeout_s = float(args.connect_timeout)
-    _require_topic(kafka, topic, broker_topics(kafka, timeout_s), what)
+    require_topic(kafka, topic, broker_topics(kafka, timeout_s), what)
     if args.follow:
         if out.json_mode:
 

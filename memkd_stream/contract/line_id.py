@@ -9,17 +9,11 @@ from __future__ import annotations
 
 import re
 
-from memkd_stream.errors import MemkdStreamError
+from memkd_stream.contract.errors import BadLineId
 
-__all__ = ["LINE_ID_RE", "BadLineId", "validate_line_id"]
+__all__ = ["LINE_ID_RE", "validate_line_id"]
 
 LINE_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-
-
-class BadLineId(MemkdStreamError, ValueError):
-    """A line id that does not match :data:`LINE_ID_RE`."""
-
-    code = "bad-line-id"
 
 
 def validate_line_id(line: str) -> str:

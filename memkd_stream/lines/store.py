@@ -45,21 +45,21 @@ import redis
 
 from memkd_stream.contract.line_id import validate_line_id
 from memkd_stream.errors import MemkdStreamError
+from memkd_stream.lines.artifact_file import read_artifact_record, sidecar_sha256
+from memkd_stream.lines.errors import (
+    ChecksumMismatch,
+    NoRollbackTarget,
+    StoreUnavailable,
+    UnknownLine,
+    UnknownVersion,
+    VersionActive,
+)
+from memkd_stream.log import redact_url
 
 if TYPE_CHECKING:
     from memkd_stream.settings import RedisSettings
 
-__all__ = [
-    "ArtifactRejected",
-    "ChecksumMismatch",
-    "LineStore",
-    "NoRollbackTarget",
-    "StoreUnavailable",
-    "UnknownLine",
-    "UnknownVersion",
-    "VersionActive",
-    "read_artifact_record",
-]
+__all__ = ["LineStore"]
 
 DEFAULT_CHUNK_BYTES = 8 * 1024 * 1024
 # Pending chunks expire unless the publish that wrote them completes; a day is far longer than
@@ -70,48 +70,6 @@ HISTORY_MAX = 500
 _WATCH_RETRIES = 20
 
 
-class UnknownLine(MemkdStreamError):
-    """The line has never been published to this Redis."""
-
-    code = "unknown-line"
-
-
-class UnknownVersion(MemkdStreamError):
-    """The line exists but not this version (never published, or deleted by retention)."""
-
-    code = "unknown-version"
-
-
-class StoreUnavailable(MemkdStreamError):
-    """Redis cannot be reached or refuses us (network, TLS, ACL)."""
-
-    code = "redis-unavailable"
-
-
-class ChecksumMismatch(MemkdStreamError):
-    """Artifact bytes do not match their recorded sha256 (or a chunk is missing)."""
-
-    code = "artifact-checksum"
-
-
-class ArtifactRejected(MemkdStreamError):
-    """A file offered for publishing is missing or is not a memkd line artifact."""
-
-    code = "artifact-invalid"
-
-
-class VersionActive(MemkdStreamError):
-    """Refused: deleting the version that workers are serving."""
-
-    code = "version-active"
-
-
-class NoRollbackTarget(MemkdStreamError):
-    """Rollback has nothing to go back to (no earlier activation, or it was deleted)."""
-
-    code = "no-rollback-target"
-
-
 def _now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -120,35 +78,6 @@ def _text(value: bytes | str | None) -> str | None:
     if value is None or isinstance(value, str):
         return value
     return value.decode("utf-8")
-
-
-def read_artifact_record(path: Path) -> dict[str, Any]:
-    """The JSON record of a line artifact, read from the safetensors header only (no tensors)."""
-    from safetensors import safe_open  # cheap: numpy only, never torch
-
-    try:
-        with safe_open(str(path), framework="numpy") as handle:
-            header = handle.metadata() or {}
-        record = json.loads(header["memkd"])
-    except FileNotFoundError as exc:
-        raise ArtifactRejected(f"artifact file {path} does not exist") from exc
-    except (KeyError, ValueError, OSError, Exception) as exc:  # safetensors raises its own type
-        raise ArtifactRejected(
-            f"{path} is not a memkd line artifact (safetensors file with a 'memkd' record): {exc}",
-        ) from exc
-    if not isinstance(record, dict):
-        raise ArtifactRejected(f"{path}: the 'memkd' record is not an object")
-    return record
-
-
-def _sidecar_sha256(path: Path) -> str | None:
-    """The hex digest in ``<file>.sha256`` (``sha256sum`` format or bare hex), if present."""
-    sidecar = path.with_name(path.name + ".sha256")
-    try:
-        text = sidecar.read_text(encoding="utf-8").strip()
-    except OSError:
-        return None
-    return text.split()[0].lower() if text else None
 
 
 class LineStore:
@@ -190,7 +119,7 @@ class LineStore:
             prefix=settings.key_prefix,
             chunk_bytes=settings.chunk_bytes,
             retention=settings.retention_versions,
-            location=_strip_credentials(settings.url),
+            location=redact_url(settings.url),
         )
 
     @staticmethod
@@ -366,7 +295,7 @@ class LineStore:
                     written += 1
                     del chunk
             sha256 = digest.hexdigest()
-            expected = _sidecar_sha256(path)
+            expected = sidecar_sha256(path)
             if expected is not None and expected != sha256:
                 raise ChecksumMismatch(
                     f"{path} does not match its {path.name}.sha256 (file {sha256[:12]}, "
@@ -615,11 +544,3 @@ class _RedisGuard:
                 f"Redis at {self._location} requires other credentials: {exc}",
             ) from exc
         return False
-
-
-def _strip_credentials(url: str) -> str:
-    """``redis://user:secret@host:port/0`` -> ``redis://host:port/0`` (for messages and logs)."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return url
-    return f"{scheme}://{rest.rpartition('@')[2]}"

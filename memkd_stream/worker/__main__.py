@@ -2,10 +2,10 @@
 
 Builds everything from settings (DESIGN.md §6), serves ``/metrics``, ``/healthz`` and ``/readyz``,
 loads the teachers and preloads lines, starts the hot swapper and runs the Kafka loop until
-SIGTERM/SIGINT (logged the moment it arrives). Exit codes: 0 after a clean drain, 2 bad settings
-or a teacher that cannot be loaded, 3 Kafka broker unreachable for longer than
-``kafka.unreachable_timeout_s`` (Kubernetes restarts the pod; nothing unacknowledged was
-committed).
+SIGTERM/SIGINT (logged the moment it arrives). Exit codes (``ExitCode``): 0 after a clean drain,
+1 ended hard because the drain overran its grace, 2 bad settings or a teacher that cannot be
+loaded, 3 Kafka broker unreachable for longer than ``kafka.unreachable_timeout_s`` (Kubernetes
+restarts the pod; nothing unacknowledged was committed).
 """
 
 from __future__ import annotations
@@ -18,11 +18,17 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
+
+from memkd_stream import package_version
+from memkd_stream.errors import ExitCode
+
+if TYPE_CHECKING:
+    from memkd_stream.log import Logger
+    from memkd_stream.worker.app import Worker
 
 __all__ = ["main"]
 
-EXIT_OK = 0
-EXIT_SETTINGS = 2
 # After SIGTERM the worker has drain_grace_s; this much more and the process is ended hard.
 _HARD_EXIT_MARGIN_S = 5.0
 
@@ -35,6 +41,7 @@ HTTP endpoints (on MEMKD_METRICS__HOST:MEMKD_METRICS__PORT, default 0.0.0.0:9400
 
 exit codes:
   0  drained and stopped after SIGTERM/SIGINT
+  1  ended hard: a drain did not finish within worker.drain_grace_s + 5 s
   2  bad settings, or a teacher that cannot be loaded
   3  Kafka broker unreachable for longer than kafka.unreachable_timeout_s
 
@@ -42,15 +49,6 @@ examples:
   MEMKD_KAFKA__BOOTSTRAP_SERVERS=kafka:9092 MEMKD_REDIS__URL=redis://redis:6379/0 memkd-worker
   memkd-worker --config worker.toml --log-level DEBUG
 """
-
-
-def _package_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("memkd-stream")
-    except PackageNotFoundError:  # running from a bare checkout
-        return "unknown"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -64,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_package_version()}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     parser.add_argument(
         "--config", type=Path, metavar="FILE", help="TOML settings file (environment wins)"
     )
@@ -82,8 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # Signals first: a SIGTERM during start-up (imports, teacher load) is a clean stop too.
     stop_requested = threading.Event()
-    worker_ref: list = []
-    log_ref: list = []  # the logger once logging is configured
+    worker_ref: list[Worker] = []
+    log_ref: list[Logger] = []  # the logger once logging is configured
     grace = {"s": 30.0}
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -107,25 +105,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         for worker in worker_ref:
             worker.stop()
         # Last resort: a drain that cannot finish must not outlive the pod's grace period.
-        timer = threading.Timer(grace["s"] + _HARD_EXIT_MARGIN_S, lambda: os._exit(1))
+        timer = threading.Timer(grace["s"] + _HARD_EXIT_MARGIN_S, lambda: os._exit(ExitCode.FAILED))
         timer.daemon = True
         timer.start()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
-    from memkd_stream.errors import MemkdStreamError
     from memkd_stream.log import configure_logging, get_logger
-    from memkd_stream.settings import load_settings
+    from memkd_stream.settings import SettingsError, load_settings
 
     if args.config is not None and not args.config.is_file():
         print(f"memkd-worker: error: --config {args.config}: no such file", file=sys.stderr)
-        return EXIT_SETTINGS
+        return ExitCode.USAGE
     try:
         settings = load_settings(args.config)
-    except MemkdStreamError as exc:
+    except SettingsError as exc:
         print(f"memkd-worker: error: {exc}", file=sys.stderr)
-        return EXIT_SETTINGS
+        return ExitCode.USAGE
     log_settings = settings.log
     if args.log_level:
         log_settings = log_settings.model_copy(update={"level": args.log_level})
@@ -164,12 +161,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # teacher weights missing or unreadable: nothing can be scored
         log.error("cannot load the teacher; the worker cannot score anything", error=str(exc))
         server.stop()
-        return EXIT_SETTINGS
+        return ExitCode.USAGE
     log.info("lines preloaded", lines=held)
-    swapper = HotSwapper(store, engine, settings.worker.refresh_interval_s, metrics=metrics)
+    swapper = HotSwapper(store, engine, settings.worker.refresh_interval_s)
     swapper.start()
     try:
-        code = EXIT_OK if stop_requested.is_set() else worker.run()
+        code = ExitCode.OK if stop_requested.is_set() else worker.run()
     finally:
         swapper.stop()
         server.stop()

@@ -1,31 +1,6 @@
-"""The streaming worker: Kafka in, line models, results out, at least once (DESIGN.md §1, §4).
-
-``Worker`` is a thin facade: it wires the parts below together, runs the consumer loop, and
-drains or aborts at the end. Threads and who owns what:
-
-- **consumer thread** (``run`` -> ``consumer_loop.ConsumerLoop``): the only user of the
-  ``KafkaConsumer``. Polls, parses each record (``wire.parse_request``), registers it with the
-  ``OffsetTracker``, hands it to the decode pool, pauses/resumes partitions
-  (``flow_control``: backpressure, unavailable lines), commits the acked prefix every
-  ``COMMIT_INTERVAL_S`` (``commits``) and probes the broker.
-- **decode pool**, **inference thread**, **publisher thread** (``pipeline.Pipeline``): resolve
-  the line's model and decode; run one batch at a time on the device; encode and produce.
-- **producer IO thread** (kafka-python): delivery callbacks ``ack`` the tracker (``sink``).
-- **consumer IO thread** (kafka-python 3): the rebalance callbacks (``rebalance``), run while
-  the consumer thread is blocked in ``poll()``.
-
-Nothing downstream of the consumer needs the consumer thread, so in-flight work keeps
-finishing while ``poll()`` is blocked in a rebalance callback. That is what lets
-``on_partitions_revoked`` wait (up to ``worker.rebalance_budget_s``) for the revoked
-partitions' results to be acknowledged and commit them before ownership moves.
-
-Failure paths, each named: ``BadRequest`` / ``DecodeFailed`` / unknown line -> dead letter with
-its code; ``LineUnavailable`` -> the record is parked and its partition paused, retried every
-``_PARK_RETRY_S``, dead-lettered ``line-unavailable`` after ``worker.line_unavailable_pause_s``;
-a model exception -> ``model-error`` for that batch; a result the broker will not take within
-``kafka.unreachable_timeout_s`` or a broker unreachable that long -> exit code 3, never
-committing undelivered work; SIGTERM -> drain and exit 0 within ``worker.drain_grace_s``.
-"""
+"""The worker facade: wires the parts of ``memkd_stream.worker`` together, runs the consumer
+loop, and drains (SIGTERM) or aborts (fatal error) at the end. The package docstring tells the
+threads and failure paths."""
 
 from __future__ import annotations
 
@@ -33,21 +8,27 @@ import contextlib
 import time
 from typing import Any
 
+from kafka import TopicPartition
+
 from memkd_stream.broker.clients import make_consumer, make_producer
+from memkd_stream.errors import ExitCode
 from memkd_stream.log import get_logger
+from memkd_stream.settings import Settings
 from memkd_stream.worker.commits import OffsetCommitter
 from memkd_stream.worker.consumer_loop import ConsumerLoop
+from memkd_stream.worker.context import WorkerContext
 from memkd_stream.worker.decode import ImageDecoder
+from memkd_stream.worker.engine import Engine
 from memkd_stream.worker.flow_control import FlowControl
 from memkd_stream.worker.health import Heartbeats
 from memkd_stream.worker.metrics import WorkerMetrics
 from memkd_stream.worker.offsets import OffsetTracker
 from memkd_stream.worker.pipeline import Pipeline
 from memkd_stream.worker.rebalance import RebalanceHandler
-from memkd_stream.worker.run_state import EXIT_BROKER_UNREACHABLE, EXIT_OK, RunState
+from memkd_stream.worker.run_state import RunState
 from memkd_stream.worker.sink import ResultSink
 
-__all__ = ["EXIT_BROKER_UNREACHABLE", "EXIT_OK", "Worker"]
+__all__ = ["Worker"]
 
 # Margin kept from drain_grace_s for flush, commit and close after the drain wait.
 _CLOSE_MARGIN_S = 3.0
@@ -58,67 +39,44 @@ class Worker:
 
     def __init__(
         self,
-        settings: Any,
-        engine: Any,
+        settings: Settings,
+        engine: Engine,
         *,
         metrics: WorkerMetrics | None = None,
         heartbeats: Heartbeats | None = None,
         consumer_overrides: dict[str, Any] | None = None,
     ) -> None:
-        self.settings = settings
-        self.kafka = settings.kafka
-        self.ws = settings.worker
+        tracker: OffsetTracker[TopicPartition] = OffsetTracker()
+        self.ctx = ctx = WorkerContext(
+            settings=settings,
+            metrics=metrics or WorkerMetrics(),
+            tracker=tracker,
+            state=RunState(),
+            heartbeats=heartbeats or Heartbeats(),
+            log=get_logger("memkd_stream.worker"),
+        )
         self.engine = engine
-        self.metrics = metrics or WorkerMetrics()
-        self.heartbeats = heartbeats or Heartbeats()
-        self.log = get_logger("memkd_stream.worker.app")
-        self.worker_id = str(self.ws.worker_id)
-        self.decoder = ImageDecoder(int(self.ws.max_image_pixels))
-        self.tracker = OffsetTracker()
         self._consumer_overrides = consumer_overrides or {}
-        self.state = RunState()
-        self.sink = ResultSink(self.kafka, self.tracker, self.metrics, self.state, self.log)
-        self.pipeline = Pipeline(
-            settings,
-            engine,
-            self.decoder,
-            self.tracker,
-            self.metrics,
-            self.heartbeats,
-            self.sink,
-            self.state.draining,
-            self.log,
-            self.worker_id,
-        )
-        self.flow = FlowControl(
-            self.ws, self.tracker, self.metrics, self.state, self.pipeline, self.log
-        )
-        self.committer = OffsetCommitter(self.tracker, self.state, self.log)
-        self.consumer_loop = ConsumerLoop(
-            self.kafka,
-            self.tracker,
-            self.metrics,
-            self.heartbeats,
-            self.state,
-            self.flow,
-            self.pipeline,
-            self.sink,
-            self.committer,
-            self.log,
-        )
+        self.sink = ResultSink(ctx)
+        self.pipeline = Pipeline(ctx, engine, ImageDecoder(ctx.worker.max_image_pixels), self.sink)
+        self.flow = FlowControl(ctx, self.pipeline)
+        self.committer = OffsetCommitter(ctx)
+        self.consumer_loop = ConsumerLoop(ctx, self.flow, self.pipeline, self.sink, self.committer)
         self.rebalance = RebalanceHandler(
-            self.ws,
-            self.tracker,
-            self.metrics,
-            self.state,
-            self.committer,
-            self.flow,
-            self.consumer_loop.next_offset,
-            self.log,
+            ctx, self.committer, self.flow, self.consumer_loop.next_offset
         )
-        stale = max(60.0, 3 * float(self.ws.rebalance_budget_s), float(self.ws.drain_grace_s))
-        self.heartbeats.register("consumer", stale)
-        self.heartbeats.register("inference", stale)
+        ws = ctx.worker
+        stale = max(60.0, 3 * ws.rebalance_budget_s, ws.drain_grace_s)
+        ctx.heartbeats.register("consumer", stale)
+        ctx.heartbeats.register("inference", stale)
+
+    @property
+    def state(self) -> RunState:
+        return self.ctx.state
+
+    @property
+    def tracker(self) -> OffsetTracker[TopicPartition]:
+        return self.ctx.tracker
 
     # ------------------------------------------------------------------ public surface
     def stop(self) -> None:
@@ -132,32 +90,31 @@ class Worker:
             "broker_reachable": self.consumer_loop.broker_ok,
         }
 
-    def run(self) -> int:
+    def run(self) -> ExitCode:
         """Consume until stopped; returns the process exit code."""
-        state = self.state
+        ctx, state = self.ctx, self.state
         try:
             self._start_clients()
         except Exception as exc:
-            self.log.error(
+            ctx.log.error(
                 "Kafka broker unreachable at start; exiting so the worker is restarted",
-                bootstrap=self.kafka.bootstrap_servers,
+                bootstrap=ctx.kafka.bootstrap_servers,
                 error=str(exc),
             )
             self.pipeline.shutdown()
-            return EXIT_BROKER_UNREACHABLE
+            return ExitCode.BROKER_UNREACHABLE
         self.pipeline.start()
-        self.log.info(
+        ctx.log.info(
             "worker consuming",
-            topic=self.kafka.inspect_topic,
-            group=self.kafka.group_id,
-            worker=self.worker_id,
+            topic=ctx.kafka.inspect_topic,
+            group=ctx.kafka.group_id,
+            worker=ctx.worker_id,
         )
         try:
             self.consumer_loop.run()
         except Exception as exc:  # a bug in the loop must not look like a clean exit
-            self.log.exception("consumer loop crashed", error=str(exc))
-            state.fatal = state.fatal or f"consumer loop crashed: {exc}"
-            state.exit_code = EXIT_BROKER_UNREACHABLE
+            ctx.log.exception("consumer loop crashed", error=str(exc))
+            state.fail(f"consumer loop crashed: {exc}", ExitCode.BROKER_UNREACHABLE)
         if state.fatal is None:
             self._drain()
         else:
@@ -166,21 +123,21 @@ class Worker:
 
     # ------------------------------------------------------------------ setup
     def _start_clients(self) -> None:
-        kafka = self.kafka
-        client_id = f"{kafka.client_id}-{self.worker_id}"
+        kafka = self.ctx.kafka
+        client_id = f"{kafka.client_id}-{self.ctx.worker_id}"
         self.state.producer = make_producer(kafka, client_id=client_id)
         overrides = {
-            "bootstrap_timeout_ms": int(float(kafka.unreachable_timeout_s) * 1000),
+            "bootstrap_timeout_ms": int(kafka.unreachable_timeout_s * 1000),
             **self._consumer_overrides,
         }
-        self.state.consumer = make_consumer(
+        consumer = self.state.consumer = make_consumer(
             kafka,
             client_id=client_id,
-            max_poll_records=max(1, int(self.ws.queue_max_records) // 4),
+            max_poll_records=max(1, self.ctx.worker.queue_max_records // 4),
             **overrides,
         )
         self._await_topic_metadata(kafka.inspect_topic)
-        self.state.consumer.subscribe([kafka.inspect_topic], listener=self.rebalance)
+        consumer.subscribe([kafka.inspect_topic], listener=self.rebalance)
         self.consumer_loop.mark_broker_reachable()
 
     def _await_topic_metadata(self, topic: str, timeout_s: float = 10.0) -> None:
@@ -191,9 +148,9 @@ class Worker:
         next metadata refresh: a worker idle for minutes (seen in the tests, one run in two).
         """
         deadline = time.monotonic() + timeout_s
-        while not self.state.consumer.partitions_for_topic(topic):
+        while not self.state.kafka_consumer.partitions_for_topic(topic):
             if time.monotonic() >= deadline:
-                self.log.warning(
+                self.ctx.log.warning(
                     "inspect topic has no partitions yet; create it with 'memkd-stream topics "
                     "create' (consuming starts when it appears)",
                     topic=topic,
@@ -203,10 +160,10 @@ class Worker:
 
     # ------------------------------------------------------------------ shutdown
     def _drain(self) -> None:
-        state = self.state
-        grace = float(self.ws.drain_grace_s)
+        state, log = self.state, self.ctx.log
+        grace = self.ctx.worker.drain_grace_s
         started = time.monotonic()
-        self.log.info("draining: polling stopped", in_flight=self.tracker.pending())
+        log.info("draining: polling stopped", in_flight=self.tracker.pending())
         state.draining.set()
         with contextlib.suppress(Exception):
             self.flow.update_pauses()
@@ -222,11 +179,11 @@ class Worker:
             try:
                 state.producer.flush(timeout=max(0.5, grace - (time.monotonic() - started) - 1.5))
             except Exception as exc:
-                self.log.warning("producer flush incomplete", error=str(exc))
+                log.warning("producer flush incomplete", error=str(exc))
         if state.fatal is None:
             self.committer.commit(timeout_ms=2000)
         state.closing = True
-        self.log.info(
+        log.info(
             "drained",
             abandoned=self.tracker.pending(),
             seconds=round(time.monotonic() - started, 2),
@@ -238,7 +195,7 @@ class Worker:
     def _abort(self) -> None:
         """Fatal path: no commit at all; close quickly so the orchestrator restarts us."""
         state = self.state
-        self.log.error(state.fatal or "fatal error", exit_code=state.exit_code)
+        self.ctx.log.error(state.fatal or "fatal error", exit_code=state.exit_code)
         state.closing = True
         state.draining.set()
         self.pipeline.shutdown(wait=False)
@@ -253,9 +210,9 @@ class Worker:
                 else:
                     consumer.close(autocommit=False, timeout_ms=100)
             except Exception as exc:
-                self.log.warning("consumer close failed", error=str(exc))
+                self.ctx.log.warning("consumer close failed", error=str(exc))
         if producer is not None:
             try:
                 producer.close(timeout=timeout_s)
             except Exception as exc:
-                self.log.warning("producer close failed", error=str(exc))
+                self.ctx.log.warning("producer close failed", error=str(exc))

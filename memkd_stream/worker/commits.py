@@ -7,24 +7,21 @@ record, however out of order the lines finish. Only partitions still assigned ar
 
 from __future__ import annotations
 
-from typing import Any
-
 from kafka import TopicPartition
 from kafka.structs import OffsetAndMetadata
 
-from memkd_stream.worker.offsets import OffsetTracker
-from memkd_stream.worker.run_state import RunState
+from memkd_stream.worker.context import WorkerContext
 
-__all__ = ["OffsetCommitter"]
+__all__ = ["OffsetCommitter", "Offsets"]
+
+Offsets = dict[TopicPartition, OffsetAndMetadata]
 
 
 class OffsetCommitter:
     """Commits the acked prefix; used by the consumer thread and the revoke callback."""
 
-    def __init__(self, tracker: OffsetTracker, state: RunState, log: Any) -> None:
-        self.tracker = tracker
-        self.state = state
-        self.log = log
+    def __init__(self, ctx: WorkerContext) -> None:
+        self.ctx = ctx
 
     def commit(self, timeout_ms: int = 5000) -> None:
         """Blocking commit of the assigned partitions (consumer thread only; never on the
@@ -33,19 +30,19 @@ class OffsetCommitter:
         if not offsets:
             return
         try:
-            self.state.consumer.commit(offsets, timeout_ms=timeout_ms)
+            self.ctx.state.kafka_consumer.commit(offsets, timeout_ms=timeout_ms)
         except Exception as exc:
-            self.log.warning("offset commit failed; retrying next round", error=str(exc))
+            self.ctx.log.warning("offset commit failed; retrying next round", error=str(exc))
             return
         self.mark_committed(offsets)
 
-    def committable(self, only: set[TopicPartition] | None = None) -> dict[Any, Any]:
-        assigned = set(self.state.consumer.assignment()) if only is None else only
+    def committable(self, only: set[TopicPartition] | None = None) -> Offsets:
+        assigned = set(self.ctx.state.kafka_consumer.assignment()) if only is None else only
         return {
             tp: OffsetAndMetadata(offset, "", -1)
-            for tp, offset in self.tracker.committable().items()
+            for tp, offset in self.ctx.tracker.committable().items()
             if tp in assigned
         }
 
-    def mark_committed(self, offsets: dict[Any, Any]) -> None:
-        self.tracker.mark_committed({tp: om.offset for tp, om in offsets.items()})
+    def mark_committed(self, offsets: Offsets) -> None:
+        self.ctx.tracker.mark_committed({tp: om.offset for tp, om in offsets.items()})

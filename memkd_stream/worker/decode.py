@@ -23,24 +23,24 @@ import torch
 from memkd.preprocess import load_image, preprocess
 from PIL import Image, UnidentifiedImageError
 
+from memkd_stream.contract.codes import DeadLetterCode
+from memkd_stream.contract.formats import IMAGE_FORMATS
 from memkd_stream.errors import MemkdStreamError
 
-__all__ = ["ACCEPTED_FORMATS", "DecodeFailed", "DecodedImage", "ImageDecoder", "encode_mask_png"]
-
-# Pillow format names of DESIGN.md §3's formats. MPO is how Pillow names a JPEG that carries a
-# second (preview) picture, which many cameras write.
-ACCEPTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "BMP", "TIFF"})
+__all__ = ["DecodeFailed", "DecodedImage", "ImageDecoder", "encode_mask_png"]
 
 Roi = tuple[int, int, int, int]
 
 
 class DecodeFailed(MemkdStreamError):
     """An image that cannot become a model input; ``code`` is ``decode-error`` or
-    ``image-too-large``."""
+    ``image-too-large`` (its ``DeadLetterCode``)."""
 
-    def __init__(self, code: str, detail: str) -> None:
-        super().__init__(code, detail)
-        self.detail = detail
+    code: str = DeadLetterCode.DECODE_ERROR
+
+
+def _too_large(detail: str) -> DecodeFailed:
+    return DecodeFailed(detail, code=DeadLetterCode.IMAGE_TOO_LARGE)
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,6 @@ def _check_roi(roi: Sequence[int] | None, width: int, height: int) -> Roi | None
     x, y, w, h = (int(v) for v in roi)
     if w <= 0 or h <= 0 or x < 0 or y < 0 or x + w > width or y + h > height:
         raise DecodeFailed(
-            "decode-error",
             f"the line's region of interest (x={x}, y={y}, w={w}, h={h}) does not fit in the "
             f"{width}x{height} image; send images of the size the line was trained on or "
             "re-fit the line with a matching --roi",
@@ -84,15 +83,13 @@ class ImageDecoder:
             Image.MAX_IMAGE_PIXELS = max_pixels
 
     def _too_large(self, width: int, height: int) -> DecodeFailed:
-        return DecodeFailed(
-            "image-too-large",
+        return _too_large(
             f"image is {width}x{height} = {width * height} pixels; the limit is "
             f"{self.max_pixels} (setting worker.max_image_pixels)",
         )
 
     def _bomb(self, exc: Exception) -> DecodeFailed:
-        return DecodeFailed(
-            "image-too-large",
+        return _too_large(
             f"image has more pixels than the limit of {self.max_pixels} (setting "
             f"worker.max_image_pixels); Pillow: {exc}",
         )
@@ -114,29 +111,24 @@ class ImageDecoder:
                 that does not fit the image.
         """
         if not value:
-            raise DecodeFailed("decode-error", "the image is empty (zero bytes)")
+            raise DecodeFailed("the image is empty (zero bytes)")
         try:
             image = Image.open(io.BytesIO(value))  # lazy: parses the header only
         except Image.DecompressionBombError as exc:
             raise self._bomb(exc) from None
         except UnidentifiedImageError:
-            raise DecodeFailed(
-                "decode-error", "not a recognised image (expected JPEG, PNG, BMP or TIFF)"
-            ) from None
+            raise DecodeFailed("not a recognised image (expected JPEG, PNG, BMP or TIFF)") from None
         except Exception as exc:  # Pillow raises many types for a damaged header
-            raise DecodeFailed("decode-error", f"unreadable image header: {exc}") from None
+            raise DecodeFailed(f"unreadable image header: {exc}") from None
         with image:
             image_format = image.format
             width, height = image.size
-            if image_format not in ACCEPTED_FORMATS:
+            if image_format not in IMAGE_FORMATS:
                 raise DecodeFailed(
-                    "decode-error",
                     f"image format {image_format} is not one of JPEG, PNG, BMP, TIFF",
                 )
             if width <= 0 or height <= 0:
-                raise DecodeFailed(
-                    "decode-error", f"image header declares a {width}x{height} image"
-                )
+                raise DecodeFailed(f"image header declares a {width}x{height} image")
             if width * height > self.max_pixels:
                 raise self._too_large(width, height)
             try:
@@ -146,16 +138,14 @@ class ImageDecoder:
             except MemoryError:
                 raise self._too_large(width, height) from None
             except Exception as exc:  # corrupt data surfaces as many types; all are the sender's
-                raise DecodeFailed(
-                    "decode-error", f"corrupt or truncated {image_format} image: {exc}"
-                ) from None
+                raise DecodeFailed(f"corrupt or truncated {image_format} image: {exc}") from None
 
         out_width, out_height = rgb.size
         box = _check_roi(roi, out_width, out_height)
         try:
             tensor = preprocess(rgb, size, mean, std, box)
         except Exception as exc:
-            raise DecodeFailed("decode-error", f"image could not be preprocessed: {exc}") from None
+            raise DecodeFailed(f"image could not be preprocessed: {exc}") from None
         return DecodedImage(tensor=tensor, height=out_height, width=out_width)
 
 

@@ -28,19 +28,32 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 import torch
 from memkd.anomaly import AnomalyResult
+from memkd.artifact import ArtifactError
 from memkd.backbones import Teacher, load_teacher
 from memkd.line_model import LineModel
 
-from memkd_stream.errors import MemkdStreamError
-from memkd_stream.lines.store import UnknownLine
+from memkd_stream.errors import ErrorCode, MemkdStreamError
+from memkd_stream.lines.errors import ChecksumMismatch, StoreUnavailable, UnknownLine
 from memkd_stream.log import get_logger
+from memkd_stream.worker.metrics import WorkerMetrics
 
-__all__ = ["Engine", "LineUnavailable", "LoadedLine", "UnknownLine", "resolve_device"]
+if TYPE_CHECKING:
+    from memkd_stream.lines.store import LineStore
+    from memkd_stream.settings import ModelSettings, WorkerSettings
+
+__all__ = [
+    "ArtifactMismatch",
+    "Engine",
+    "LineUnavailable",
+    "LoadedLine",
+    "UnknownLine",
+    "resolve_device",
+]
 
 _WRN50 = "wide_resnet50_2"
 # While Redis fails, cache misses fail fast between probes; the window doubles up to the bound.
@@ -51,10 +64,13 @@ _STORE_RETRY_MAX_S = 10.0
 class LineUnavailable(MemkdStreamError):
     """The line exists but its model cannot be loaded now (Redis down, broken artifact)."""
 
-    code = "line-unavailable"
+    code: str = ErrorCode.LINE_UNAVAILABLE
 
-    def __init__(self, message: str) -> None:
-        super().__init__("line-unavailable", message)
+
+class ArtifactMismatch(MemkdStreamError):
+    """A published version whose record this worker cannot use (no teacher named)."""
+
+    code: str = ErrorCode.ARTIFACT_MISMATCH
 
 
 @dataclass(frozen=True)
@@ -84,35 +100,28 @@ def resolve_device(setting: str) -> torch.device:
     return torch.device(setting)
 
 
-def _call(metrics: Any, name: str, *args: Any) -> None:
-    """Call an optional metrics hook; metrics must never break serving."""
-    hook = getattr(metrics, name, None) if metrics is not None else None
-    if hook is not None:
-        try:
-            hook(*args)
-        except Exception:  # pragma: no cover - a metrics bug is logged, not raised
-            get_logger(__name__).exception("metrics hook failed", hook=name)
-
-
 def _is_artifact_fault(exc: BaseException) -> bool:
     """True when the bytes themselves are bad (checksum, corrupt, mismatch): retrying is futile."""
-    code = getattr(exc, "code", "")
-    return isinstance(code, str) and code.startswith("artifact-")
+    return isinstance(exc, ArtifactError | ChecksumMismatch | ArtifactMismatch)
 
 
 class Engine:
     """Teachers + line-model LRU for one worker process.
 
     Args:
-        model_settings: ``ModelSettings`` (backbone, wrn50_weights, device).
-        worker_settings: ``WorkerSettings`` (cache_max_models, cache_max_bytes).
-        store: a ``LineStore`` (``current``, ``fetch_artifact_to``, ``lines``).
-        metrics: optional object with ``cache_hit(line)``, ``cache_miss(line)``,
-            ``swap(line, version)``, ``swap_failed(line)``, ``version_served(line, version)``.
+        model_settings: backbone, wrn50_weights, device.
+        worker_settings: cache_max_models, cache_max_bytes.
+        store: where line artifacts come from.
+        metrics: where the line-cache counters go (hits, misses, swaps, refused swaps, version
+            served); a private set when None.
     """
 
     def __init__(
-        self, model_settings: Any, worker_settings: Any, store: Any, metrics: Any = None
+        self,
+        model_settings: ModelSettings,
+        worker_settings: WorkerSettings,
+        store: LineStore,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         self.device = resolve_device(model_settings.device)
         self.default_backbone: str = model_settings.backbone
@@ -120,7 +129,7 @@ class Engine:
         self.max_models = int(worker_settings.cache_max_models)
         self.max_bytes = int(worker_settings.cache_max_bytes)
         self.store = store
-        self.metrics = metrics
+        self.metrics = metrics if metrics is not None else WorkerMetrics()
         self.log = get_logger(__name__)
         self._lock = threading.Lock()
         self._cache: OrderedDict[str, LoadedLine] = OrderedDict()
@@ -200,7 +209,7 @@ class Engine:
                 nbytes=loaded.nbytes,
                 cache_max_bytes=self.max_bytes,
             )
-        _call(self.metrics, "version_served", loaded.line, loaded.version)
+        self.metrics.version_served(loaded.line, loaded.version)
 
     def _load(self, line: str, version: int) -> LoadedLine:
         """Fetch and load ``line@version`` without touching the cache. Raises whatever the store
@@ -254,14 +263,14 @@ class Engine:
         """
         loaded = self._lookup(line)
         if loaded is not None:
-            _call(self.metrics, "cache_hit", line)
+            self.metrics.cache_hit(line)
             return loaded
         with self._line_lock(line):
             loaded = self._lookup(line)  # another thread may have loaded it while we waited
             if loaded is not None:
-                _call(self.metrics, "cache_hit", line)
+                self.metrics.cache_hit(line)
                 return loaded
-            _call(self.metrics, "cache_miss", line)
+            self.metrics.cache_miss(line)
             self._check_store_gate(line)
             try:
                 version = self.store.current(line)
@@ -273,7 +282,6 @@ class Engine:
                 ) from exc
             if version is None:
                 raise UnknownLine(
-                    "unknown-line",
                     f"line {line!r} has no active model; publish one with "
                     f"'memkd-stream fit --line {line}' or 'memkd-stream lines publish'",
                 )
@@ -337,7 +345,7 @@ class Engine:
                     error=str(exc),
                     code=getattr(exc, "code", type(exc).__name__),
                 )
-                _call(self.metrics, "swap_failed", line)
+                self.metrics.swap_failed(line)
                 return False
             self._store_ok()
             with self._lock:
@@ -346,7 +354,7 @@ class Engine:
                 return False
             self._insert(loaded)
         self.log.info("line model swapped", line=line, version=version, previous=held_now)
-        _call(self.metrics, "swap", line, version)
+        self.metrics.swap(line, version)
         return True
 
     def preload(self, lines: list[str] | tuple[str, ...] = ()) -> list[str]:
@@ -398,9 +406,7 @@ class Engine:
 
 def _is_store_fault(exc: BaseException) -> bool:
     """True for a Redis/connection problem (transient), as opposed to bad artifact bytes."""
-    if getattr(exc, "code", "") == "redis-unavailable":
-        return True
-    return isinstance(exc, redis.RedisError | ConnectionError | TimeoutError)
+    return isinstance(exc, StoreUnavailable | redis.RedisError | ConnectionError | TimeoutError)
 
 
 def _backbone_of(record: dict[str, Any]) -> str:
@@ -412,8 +418,7 @@ def _backbone_of(record: dict[str, Any]) -> str:
     model = record.get("model")
     if isinstance(model, dict) and model.get("backbone"):
         return str(model["backbone"])
-    raise MemkdStreamError(
-        "artifact-mismatch",
+    raise ArtifactMismatch(
         "the line model's record does not name its teacher backbone; retrain the line with "
-        "this version of memkd",
+        "this version of memkd"
     )

@@ -19,13 +19,11 @@ import queue
 import threading
 import time
 from collections import Counter as CounterDict
-from typing import Any
 
 from kafka import TopicPartition
 
-from memkd_stream.worker.offsets import OffsetTracker
+from memkd_stream.worker.context import WorkerContext
 from memkd_stream.worker.pipeline import Pipeline
-from memkd_stream.worker.run_state import RunState
 from memkd_stream.worker.work_item import WorkItem, is_current
 
 __all__ = ["FlowControl"]
@@ -37,27 +35,16 @@ _PARK_RETRY_S = 1.0
 class FlowControl:
     """Pauses/resumes partitions for backpressure, parked records and draining."""
 
-    def __init__(
-        self,
-        ws: Any,
-        tracker: OffsetTracker,
-        metrics: Any,
-        state: RunState,
-        pipeline: Pipeline,
-        log: Any,
-    ) -> None:
-        self.tracker = tracker
-        self.metrics = metrics
-        self.state = state
+    def __init__(self, ctx: WorkerContext, pipeline: Pipeline) -> None:
+        self.ctx = ctx
         self.pipeline = pipeline
-        self.log = log
         self.lock = threading.RLock()
         # partition state (guarded by lock): parked records and retries in the decode pool
         self.parked: dict[TopicPartition, list[tuple[float, WorkItem]]] = {}
         self.retrying: CounterDict[TopicPartition] = CounterDict()
         self.paused: set[TopicPartition] = set()
         self.backpressure = False
-        high = int(ws.queue_max_records)
+        high = ctx.worker.queue_max_records
         self.high_water = max(1, high)
         self.low_water = max(0, high // 2)
 
@@ -76,7 +63,7 @@ class FlowControl:
                 break
             with self.lock:
                 if kind == "park":
-                    if not is_current(self.tracker, item):
+                    if not is_current(self.ctx.tracker, item):
                         continue
                     self.parked.setdefault(item.tp, []).append((now + _PARK_RETRY_S, item))
                 elif kind == "retry_done":
@@ -97,17 +84,18 @@ class FlowControl:
                     self.pipeline.submit(it)
 
     def update_pauses(self) -> None:
-        consumer = self.state.consumer
+        consumer = self.ctx.state.kafka_consumer
         assigned = set(consumer.assignment())
-        pending = self.tracker.pending()
+        pending = self.ctx.tracker.pending()
         if not self.backpressure and pending >= self.high_water:
             self.backpressure = True
-            self.log.info("backpressure: pausing all partitions", in_flight=pending)
+            self.ctx.log.info("backpressure: pausing all partitions", in_flight=pending)
         elif self.backpressure and pending <= self.low_water:
             self.backpressure = False
-            self.log.info("backpressure released", in_flight=pending)
+            self.ctx.log.info("backpressure released", in_flight=pending)
         blocked = self.blocked()
-        want = set(assigned) if (self.backpressure or self.state.draining.is_set()) else blocked
+        draining = self.ctx.state.draining.is_set()
+        want = set(assigned) if (self.backpressure or draining) else blocked
         want &= assigned
         to_pause = want - self.paused
         to_resume = (self.paused & assigned) - want
@@ -116,7 +104,7 @@ class FlowControl:
         if to_resume:
             consumer.resume(*to_resume)
         self.paused = want
-        self.metrics.paused.set(len(want))
+        self.ctx.metrics.paused.set(len(want))
 
     def forget(self, tp: TopicPartition) -> None:
         """Drop a revoked/lost partition's parked records and pause state (hold ``lock``)."""

@@ -22,9 +22,15 @@ import json
 import random
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from memkd_stream.log import get_logger
+from memkd_stream.log import Logger, get_logger
+
+if TYPE_CHECKING:
+    import redis
+
+    from memkd_stream.lines.store import LineStore
+    from memkd_stream.worker.engine import Engine
 
 __all__ = ["HotSwapper"]
 
@@ -39,30 +45,27 @@ class HotSwapper:
     """Background thread that keeps the engine's held lines at their active versions.
 
     Args:
-        store: the ``LineStore`` (``current``, ``events_channel``, and its Redis client).
-        engine: the ``Engine`` (``held_lines``, ``swap``).
+        store: where ``current`` and the events channel are.
+        engine: whose held lines are kept current (``Engine.swap`` counts swaps itself).
         refresh_interval_s: how often ``current`` of every held line is re-read.
         log: a structlog logger (default: this module's).
-        metrics: optional; reserved for swap counters (``Engine.swap`` reports swaps itself).
         client: the ``redis.Redis`` to subscribe with (default: the store's client).
     """
 
     def __init__(
         self,
-        store: Any,
-        engine: Any,
+        store: LineStore,
+        engine: Engine,
         refresh_interval_s: float = 30.0,
-        log: Any = None,
-        metrics: Any = None,
+        log: Logger | None = None,
         *,
-        client: Any = None,
+        client: redis.Redis | None = None,
     ) -> None:
         self.store = store
         self.engine = engine
         self.refresh_interval_s = float(refresh_interval_s)
         self.log = log if log is not None else get_logger(__name__)
-        self.metrics = metrics
-        self._client = client if client is not None else _store_client(store)
+        self._client = client if client is not None else store.client
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._connected = threading.Event()
@@ -185,13 +188,3 @@ class HotSwapper:
         if version is None or held is None or held == version:
             return
         self.engine.swap(line, version)  # logs and counts the swap or the refusal
-
-
-def _store_client(store: Any) -> Any:
-    """The Redis client of a ``LineStore`` (public ``client`` if it has one)."""
-    client = getattr(store, "client", None)
-    if client is None:
-        client = getattr(store, "_r", None)
-    if client is None:
-        raise ValueError("HotSwapper needs a Redis client: pass client=... or a LineStore")
-    return client

@@ -19,8 +19,11 @@ import threading
 import time
 from collections import deque
 from collections.abc import Hashable, Iterable
+from typing import Generic, TypeVar
 
 __all__ = ["OffsetTracker"]
+
+P = TypeVar("P", bound=Hashable)
 
 
 class _PartitionLog:
@@ -42,20 +45,20 @@ class _PartitionLog:
             self.done_through = offset + 1
 
 
-class OffsetTracker:
+class OffsetTracker(Generic[P]):
     """Per partition: dispatched vs acked records, and the offset safe to commit.
 
     Partitions are any hashable key (kafka-python's ``TopicPartition`` in the worker).
     """
 
     def __init__(self) -> None:
-        self._logs: dict[Hashable, _PartitionLog] = {}
+        self._logs: dict[P, _PartitionLog] = {}
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._in_flight = 0
         self._generations = 0
 
-    def dispatch(self, partition: Hashable, offset: int) -> int:
+    def dispatch(self, partition: P, offset: int) -> int:
         """Record that ``offset`` of ``partition`` entered the pipeline (fetch order).
 
         Returns the partition's tracking generation; pass it to ``ack`` so that a record
@@ -77,7 +80,7 @@ class OffsetTracker:
             self._in_flight += 1
             return log.generation
 
-    def ack(self, partition: Hashable, offset: int, generation: int | None = None) -> bool:
+    def ack(self, partition: P, offset: int, generation: int | None = None) -> bool:
         """Mark ``offset`` done. Returns False when the partition or offset is not tracked
         (forgotten on revoke, from an older generation, or acked twice), which is harmless."""
         with self._lock:
@@ -92,17 +95,17 @@ class OffsetTracker:
             self._changed.notify_all()
             return True
 
-    def committable(self) -> dict[Hashable, int]:
+    def committable(self) -> dict[P, int]:
         """Offsets to commit now: for every partition whose acked prefix grew since the last
         call, the offset after that prefix (the next record a successor must read)."""
         with self._lock:
-            out: dict[Hashable, int] = {}
+            out: dict[P, int] = {}
             for partition, log in self._logs.items():
                 if log.done_through is not None and log.done_through != log.committed:
                     out[partition] = log.done_through
             return out
 
-    def mark_committed(self, offsets: dict[Hashable, int]) -> None:
+    def mark_committed(self, offsets: dict[P, int]) -> None:
         """Remember what the broker accepted, so committable() only reports progress."""
         with self._lock:
             for partition, offset in offsets.items():
@@ -110,20 +113,20 @@ class OffsetTracker:
                 if log is not None:
                     log.committed = offset
 
-    def position(self, partition: Hashable) -> int | None:
+    def position(self, partition: P) -> int | None:
         """Offset after the acked prefix of ``partition`` (None if nothing finished yet)."""
         with self._lock:
             log = self._logs.get(partition)
             return None if log is None else log.done_through
 
-    def pending(self, partitions: Iterable[Hashable] | None = None) -> int:
+    def pending(self, partitions: Iterable[P] | None = None) -> int:
         """Dispatched but not yet acked records, over all partitions or the given ones."""
         with self._lock:
             if partitions is None:
                 return self._in_flight
             return self._pending_locked(partitions)
 
-    def _pending_locked(self, partitions: Iterable[Hashable]) -> int:
+    def _pending_locked(self, partitions: Iterable[P]) -> int:
         total = 0
         for partition in partitions:
             log = self._logs.get(partition)
@@ -131,7 +134,7 @@ class OffsetTracker:
                 total += len(log.order) - len(log.acked)
         return total
 
-    def wait_idle(self, partitions: Iterable[Hashable] | None, timeout_s: float) -> bool:
+    def wait_idle(self, partitions: Iterable[P] | None, timeout_s: float) -> bool:
         """Block until the given partitions (or all) have nothing pending; False on timeout."""
         parts = None if partitions is None else list(partitions)
         deadline = time.monotonic() + timeout_s
@@ -145,7 +148,7 @@ class OffsetTracker:
                     return False
                 self._changed.wait(min(remaining, 0.5))
 
-    def forget(self, partition: Hashable) -> None:
+    def forget(self, partition: P) -> None:
         """Drop a revoked or lost partition; its late acks are then ignored."""
         with self._lock:
             log = self._logs.pop(partition, None)
@@ -153,12 +156,12 @@ class OffsetTracker:
                 self._in_flight -= len(log.order) - len(log.acked)
                 self._changed.notify_all()
 
-    def generation(self, partition: Hashable) -> int | None:
+    def generation(self, partition: P) -> int | None:
         """The partition's current tracking generation (None when not tracked)."""
         with self._lock:
             log = self._logs.get(partition)
             return None if log is None else log.generation
 
-    def partitions(self) -> list[Hashable]:
+    def partitions(self) -> list[P]:
         with self._lock:
             return list(self._logs)

@@ -1,18 +1,10 @@
 """The stages after the consumer: decode pool -> inference thread -> publisher thread.
 
-- **decode pool** (``worker.decode_threads``): resolves the line's model (``Engine.get_line``,
-  which may load from Redis), decodes + preprocesses the image, and queues it for inference.
-  A line whose model cannot be loaded now parks the record: the consumer thread is told through
-  ``control_q`` (it pauses the partition and resubmits the record, see ``flow_control``).
-- **inference thread**: owns the ``MicroBatcher``; runs one batch at a time through
-  ``Engine.score`` so the device is never shared; hands maps/scores to the publisher.
-- **publisher thread**: renders masks, encodes result JSON and produces. Encoding overlaps the
-  next forward, which is what keeps end-to-end throughput close to model-only throughput.
-
-None of these needs the consumer thread, so in-flight work keeps finishing while ``poll()`` is
-blocked in a rebalance callback. Failure paths: ``DecodeFailed`` / unknown line -> dead letter
-with its code; ``LineUnavailable`` -> parked, dead-lettered ``line-unavailable`` after
-``worker.line_unavailable_pause_s``; a model exception -> ``model-error`` for that batch.
+The worker package's docstring tells how they fit with the consumer thread and how each
+failure path ends. Here: the decode pool resolves the line's model and decodes; the inference
+thread owns the ``MicroBatcher`` and runs one batch at a time through ``Engine.score`` (the
+device is never shared); the publisher thread renders masks, encodes result JSON and produces,
+overlapping the next forward, which keeps end-to-end throughput close to model-only throughput.
 """
 
 from __future__ import annotations
@@ -24,12 +16,21 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
+from memkd.anomaly import render_mask
 
-from memkd_stream.contract import wire
+from memkd_stream.contract.codes import DeadLetterCode
+from memkd_stream.contract.request import Request
+from memkd_stream.contract.result import encode_result, result_headers
+from memkd_stream.lines.errors import UnknownLine
 from memkd_stream.worker.batcher import Batch, MicroBatcher
-from memkd_stream.worker.decode import DecodeFailed, ImageDecoder, encode_mask_png
-from memkd_stream.worker.health import Heartbeats
-from memkd_stream.worker.offsets import OffsetTracker
+from memkd_stream.worker.context import WorkerContext
+from memkd_stream.worker.decode import (
+    DecodedImage,
+    DecodeFailed,
+    ImageDecoder,
+    encode_mask_png,
+)
+from memkd_stream.worker.engine import Engine, LoadedLine
 from memkd_stream.worker.sink import ResultSink
 from memkd_stream.worker.work_item import ScoredBatch, WorkItem, is_current, log_fields
 
@@ -42,29 +43,12 @@ class Pipeline:
     """Owns the decode pool, the inference and publisher threads, and the queues between them."""
 
     def __init__(
-        self,
-        settings: Any,
-        engine: Any,
-        decoder: ImageDecoder,
-        tracker: OffsetTracker,
-        metrics: Any,
-        heartbeats: Heartbeats,
-        sink: ResultSink,
-        draining: threading.Event,
-        log: Any,
-        worker_id: str,
+        self, ctx: WorkerContext, engine: Engine, decoder: ImageDecoder, sink: ResultSink
     ) -> None:
-        self.ws = settings.worker
-        self.kafka = settings.kafka
+        self.ctx = ctx
         self.engine = engine
         self.decoder = decoder
-        self.tracker = tracker
-        self.metrics = metrics
-        self.heartbeats = heartbeats
         self.sink = sink
-        self.draining = draining
-        self.log = log
-        self.worker_id = worker_id
         self.infer_q: queue.Queue[WorkItem] = queue.Queue()
         self.publish_q: queue.Queue[ScoredBatch | None] = queue.Queue()
         # decode pool -> consumer thread: ("park", item) and ("retry_done", item)
@@ -76,7 +60,7 @@ class Pipeline:
 
     def start(self) -> None:
         self.decode_pool = ThreadPoolExecutor(
-            max_workers=max(1, int(self.ws.decode_threads)), thread_name_prefix="memkd-decode"
+            max_workers=self.ctx.worker.decode_threads, thread_name_prefix="memkd-decode"
         )
         for name, target in (
             ("memkd-infer", self._infer_loop),
@@ -88,7 +72,8 @@ class Pipeline:
 
     def submit(self, item: WorkItem) -> None:
         """Hand a parsed record (or a parked one due for a retry) to the decode pool."""
-        assert self.decode_pool is not None
+        if self.decode_pool is None:
+            raise RuntimeError("the pipeline is not started")
         self.decode_pool.submit(self._decode, item)
 
     def shutdown(self, wait: bool = True) -> None:
@@ -107,55 +92,55 @@ class Pipeline:
         try:
             self._decode_one(item)
         except Exception as exc:  # never lose a record to an unexpected error
-            self.log.exception("decode stage failed", **log_fields(item))
-            self.sink.dead_letter(item, "decode-error", f"internal decode failure: {exc}")
+            self.ctx.log.exception("decode stage failed", **log_fields(item))
+            self.sink.dead_letter(
+                item, DeadLetterCode.DECODE_ERROR, f"internal decode failure: {exc}"
+            )
         finally:
             if item.retry:
                 item.retry = False
                 self.control_q.put(("retry_done", item))
 
     def _decode_one(self, item: WorkItem) -> None:
-        if not is_current(self.tracker, item):
+        if not is_current(self.ctx.tracker, item):
             return
-        request = item.request
-        assert request is not None
+        request = _request(item)
         started = time.perf_counter()
         try:
             loaded = self.engine.get_line(request.line)
-        except Exception as exc:
-            code = getattr(exc, "code", "")
-            if code == "unknown-line":
-                self.sink.dead_letter(item, "unknown-line", str(exc))
-                return
+        except UnknownLine as exc:
+            self.sink.dead_letter(item, DeadLetterCode.UNKNOWN_LINE, str(exc))
+            return
+        except Exception as exc:  # LineUnavailable, or anything else: retry, then dead-letter
             self._line_unavailable(item, exc)
             return
         with self._lock:
             if self._unavailable_since.pop(request.line, None) is not None:
-                self.metrics.set_unavailable(request.line, False)
-                self.log.info("line available again", line=request.line)
+                self.ctx.metrics.set_unavailable(request.line, False)
+                self.ctx.log.info("line available again", line=request.line)
         size, mean, std, roi = self.engine.preprocess_params(loaded)
         try:
             decoded = self.decoder.decode(request.value, size=size, mean=mean, std=std, roi=roi)
         except DecodeFailed as exc:
-            self.sink.dead_letter(item, exc.code, exc.detail)
+            self.sink.dead_letter(item, DeadLetterCode(exc.code), str(exc))
             return
         item.loaded = loaded
         item.decoded = decoded
         item.decode_s = time.perf_counter() - started
         item.decoded_mono = time.monotonic()
-        self.metrics.stage("decode", item.decode_s)
+        self.ctx.metrics.stage("decode", item.decode_s)
         self.infer_q.put(item)
 
     def _line_unavailable(self, item: WorkItem, exc: BaseException) -> None:
         line = item.request.line if item.request else "?"
         now = time.monotonic()
-        pause_s = float(self.ws.line_unavailable_pause_s)
+        pause_s = self.ctx.worker.line_unavailable_pause_s
         with self._lock:
             since = self._unavailable_since.setdefault(line, now)
             first = since == now
         if first:
-            self.metrics.set_unavailable(line, True)
-            self.log.warning(
+            self.ctx.metrics.set_unavailable(line, True)
+            self.ctx.log.warning(
                 "line model unavailable; pausing its partition and retrying",
                 pause_s=pause_s,
                 error=str(exc),
@@ -164,7 +149,7 @@ class Pipeline:
         if now - since >= pause_s:
             self.sink.dead_letter(
                 item,
-                "line-unavailable",
+                DeadLetterCode.LINE_UNAVAILABLE,
                 f"line {line!r} could not be loaded for {now - since:.0f}s "
                 f"(worker.line_unavailable_pause_s={pause_s}): {exc}",
             )
@@ -174,10 +159,10 @@ class Pipeline:
     # ------------------------------------------------------------------ inference thread
     def _infer_loop(self) -> None:
         batcher: MicroBatcher[WorkItem] = MicroBatcher(
-            int(self.ws.max_batch), float(self.ws.max_wait_ms) / 1000.0
+            self.ctx.worker.max_batch, self.ctx.worker.max_wait_ms / 1000.0
         )
         while True:
-            self.heartbeats.beat("inference")
+            self.ctx.heartbeats.beat("inference")
             deadline = batcher.next_deadline()
             timeout = 0.2 if deadline is None else min(0.2, max(0.0, deadline - time.monotonic()))
             try:
@@ -197,7 +182,7 @@ class Pipeline:
                         self.infer_q.put(more)
                         break
                     self._add(batcher, more)
-            ready = batcher.pop_all() if self.draining.is_set() else batcher.pop_ready()
+            ready = batcher.pop_all() if self.ctx.state.draining.is_set() else batcher.pop_ready()
             for group in ready:
                 self._run_batch(group)
         for group in batcher.pop_all():
@@ -206,67 +191,70 @@ class Pipeline:
 
     @staticmethod
     def _add(batcher: MicroBatcher[WorkItem], item: WorkItem) -> None:
-        batcher.add((item.loaded.line, item.loaded.version, item.loaded.backbone), item)
+        loaded = _loaded(item)
+        batcher.add((loaded.line, loaded.version, loaded.backbone), item)
 
     def _run_batch(self, group: Batch[WorkItem]) -> None:
-        items = [it for it in group.items if is_current(self.tracker, it)]
+        items = [it for it in group.items if is_current(self.ctx.tracker, it)]
         if not items:
             return
-        loaded = items[0].loaded
+        loaded = _loaded(items[0])
         now = time.monotonic()
         waits = [now - it.decoded_mono for it in items]
         started_wall = time.time()
         t0 = time.perf_counter()
         try:
-            batch = torch.stack([it.decoded.tensor for it in items])  # type: ignore[union-attr]
+            batch = torch.stack([_decoded(it).tensor for it in items])
             result = self.engine.score(loaded, batch)
             maps = result.maps[:, 0].detach().float().cpu().numpy()
             scores = [float(s) for s in result.scores.detach().float().cpu()]
         except Exception as exc:
-            self.log.exception(
+            self.ctx.log.exception(
                 "model failed on a batch", line=loaded.line, version=loaded.version, size=len(items)
             )
             for it in items:
-                self.sink.dead_letter(it, "model-error", f"{type(exc).__name__}: {exc}")
+                self.sink.dead_letter(
+                    it, DeadLetterCode.MODEL_ERROR, f"{type(exc).__name__}: {exc}"
+                )
             return
         forward_s = time.perf_counter() - t0
-        self.metrics.batch(len(items), forward_s)
+        self.ctx.metrics.batch(len(items), forward_s)
         self.publish_q.put(ScoredBatch(items, loaded, maps, scores, started_wall, forward_s, waits))
 
     # ------------------------------------------------------------------ publisher thread
     def _publish_loop(self) -> None:
-        from memkd.anomaly import render_mask
-
         while True:
             scored = self.publish_q.get()
             if scored is None:
                 break
             try:
-                self._publish(scored, render_mask)
+                self._publish(scored)
             except Exception as exc:
-                self.log.exception("publishing a batch failed", error=str(exc))
+                self.ctx.log.exception("publishing a batch failed", error=str(exc))
                 for it in scored.items:
-                    self.sink.dead_letter(it, "model-error", f"result encoding failed: {exc}")
+                    self.sink.dead_letter(
+                        it, DeadLetterCode.MODEL_ERROR, f"result encoding failed: {exc}"
+                    )
 
-    def _publish(self, scored: ScoredBatch, render_mask: Any) -> None:
+    def _publish(self, scored: ScoredBatch) -> None:
         loaded = scored.loaded
-        threshold = float(loaded.model.calibration.threshold)
+        threshold = float(loaded.model.threshold)
         n = len(scored.items)
         for i, item in enumerate(scored.items):
-            request = item.request
-            assert request is not None and item.decoded is not None
+            request = _request(item)
+            decoded = _decoded(item)
             t0 = time.perf_counter()
             score = scored.scores[i]
             try:
                 mask = render_mask(scored.maps[i], threshold)
                 png = encode_mask_png(mask)
                 now_wall = time.time()
-                value = wire.encode_result(
+                value = encode_result(
                     request,
                     model_version=loaded.model_version,
                     score=score,
                     threshold=threshold,
-                    image_hw=(item.decoded.height, item.decoded.width),
+                    image_hw=(decoded.height, decoded.width),
                     mask_png=png,
                     mask_hw=(int(mask.shape[0]), int(mask.shape[1])),
                     timing_ms={
@@ -274,31 +262,52 @@ class Pipeline:
                         "infer": scored.forward_s * 1000.0,
                         "total": (now_wall - request.received_at) * 1000.0,
                     },
-                    worker=self.worker_id,
+                    worker=self.ctx.worker_id,
                 )
             except ValueError as exc:
-                self.sink.dead_letter(item, "model-error", f"unusable model output: {exc}")
+                self.sink.dead_letter(
+                    item, DeadLetterCode.MODEL_ERROR, f"unusable model output: {exc}"
+                )
                 continue
-            encode_s = time.perf_counter() - t0
-            self.metrics.stage("encode", encode_s)
-            self.metrics.stage("batch_wait", scored.batch_wait_s[i])
-            self.metrics.stage("forward", scored.forward_s / n)
-            self.metrics.queued(scored.started_wall - request.received_at)
-            self.metrics.scored(loaded.line, loaded.version, score, score >= threshold)
+            metrics = self.ctx.metrics
+            metrics.stage("encode", time.perf_counter() - t0)
+            metrics.stage("batch_wait", scored.batch_wait_s[i])
+            metrics.stage("forward", scored.forward_s / n)
+            metrics.queued(scored.started_wall - request.received_at)
+            metrics.scored(loaded.line, loaded.version, score, score >= threshold)
             self.sink.send(
-                self.kafka.results_topic,
+                self.ctx.kafka.results_topic,
                 item,
                 key=request.line.encode("utf-8"),
                 value=value,
-                headers=wire.result_headers(request),
+                headers=result_headers(request),
                 on_ack=self._result_acked,
             )
 
     def _result_acked(self, item: WorkItem, sent_perf: float) -> None:
         # producer IO thread (delivery callback)
-        request = item.request
-        assert request is not None
-        self.metrics.stage("produce", time.perf_counter() - sent_perf)
+        request = _request(item)
+        self.ctx.metrics.stage("produce", time.perf_counter() - sent_perf)
         now = time.time()
         e2e = now - request.sent_at_ms / 1000.0 if request.sent_at_ms else now - request.received_at
-        self.metrics.result_acked(request.line, e2e)
+        self.ctx.metrics.result_acked(request.line, e2e)
+
+
+# An item reaches each stage only after the previous one filled its field: these say so to the
+# type checker and fail loudly if that ever stops being true.
+def _request(item: WorkItem) -> Request:
+    if item.request is None:
+        raise RuntimeError(f"work item {item.tp}:{item.offset} reached a stage without a request")
+    return item.request
+
+
+def _loaded(item: WorkItem) -> LoadedLine:
+    if item.loaded is None:
+        raise RuntimeError(f"work item {item.tp}:{item.offset} reached a stage without a model")
+    return item.loaded
+
+
+def _decoded(item: WorkItem) -> DecodedImage:
+    if item.decoded is None:
+        raise RuntimeError(f"work item {item.tp}:{item.offset} reached a stage without an image")
+    return item.decoded

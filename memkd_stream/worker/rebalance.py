@@ -11,14 +11,13 @@ uncommitted, for the next owner (a duplicate at worst, never a gap: DESIGN.md §
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+from collections.abc import Iterable
 
 from kafka import AsyncConsumerRebalanceListener, TopicPartition
 
-from memkd_stream.worker.commits import OffsetCommitter
+from memkd_stream.worker.commits import OffsetCommitter, Offsets
+from memkd_stream.worker.context import WorkerContext
 from memkd_stream.worker.flow_control import FlowControl
-from memkd_stream.worker.offsets import OffsetTracker
-from memkd_stream.worker.run_state import RunState
 from memkd_stream.worker.work_item import partition_names
 
 __all__ = ["RebalanceHandler"]
@@ -35,67 +34,60 @@ class RebalanceHandler(AsyncConsumerRebalanceListener):
 
     def __init__(
         self,
-        ws: Any,
-        tracker: OffsetTracker,
-        metrics: Any,
-        state: RunState,
+        ctx: WorkerContext,
         committer: OffsetCommitter,
         flow: FlowControl,
         positions: dict[TopicPartition, int],
-        log: Any,
     ) -> None:
-        self.ws = ws
-        self.tracker = tracker
-        self.metrics = metrics
-        self.state = state
+        self.ctx = ctx
         self.committer = committer
         self.flow = flow
         self.positions = positions  # the consumer loop's next offsets (lag gauges)
-        self.log = log
 
-    async def on_partitions_revoked(self, revoked: Any) -> None:
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
         offsets = self.finish_revoked(set(revoked))
         if offsets:
             try:
-                await self.state.consumer.commit_async(offsets)
+                await self.ctx.state.kafka_consumer.commit_async(offsets)
                 self.committer.mark_committed(offsets)
             except Exception as exc:
-                self.log.warning(
+                self.ctx.log.warning(
                     "commit on revoke failed; the next owner re-reads from the last commit",
                     error=str(exc),
                 )
 
-    async def on_partitions_assigned(self, assigned: Any) -> None:
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         self.on_assigned(set(assigned))
 
-    async def on_partitions_lost(self, lost: Any) -> None:
+    async def on_partitions_lost(self, lost: Iterable[TopicPartition]) -> None:
         self.forget(set(lost), reason="lost")
 
     def on_assigned(self, assigned: set[TopicPartition]) -> None:
-        self.metrics.partitions_assigned.set(len(self.state.consumer.assignment()))
-        self.log.info("partitions assigned", partitions=partition_names(assigned))
+        self.ctx.metrics.partitions_assigned.set(len(self.ctx.state.kafka_consumer.assignment()))
+        self.ctx.log.info("partitions assigned", partitions=partition_names(assigned))
 
-    def finish_revoked(self, revoked: set[TopicPartition]) -> dict[Any, Any]:
+    def finish_revoked(self, revoked: set[TopicPartition]) -> Offsets:
         """Finish (or abandon after the budget) the revoked partitions' in-flight records and
         return their committable offsets; they are forgotten afterwards."""
-        if self.state.closing:
+        state = self.ctx.state
+        if state.closing:
             # closing: the drain already committed; after a fatal error nothing more is
             # committed (the broker is likely gone and the close must not wait on it)
-            offsets = {} if self.state.fatal else self.committer.committable(only=revoked)
+            offsets = {} if state.fatal else self.committer.committable(only=revoked)
             self.forget(revoked, reason="closed")
             return offsets
         with self.flow.lock:
             # Parked records wait for a line that may stay down longer than the budget: abandon
             # them now; the next owner retries them from the last commit.
             waiting = {tp for tp in revoked if tp not in self.flow.parked}
-        budget = float(self.ws.rebalance_budget_s)
-        done = self.tracker.wait_idle(waiting, budget)
+        tracker = self.ctx.tracker
+        done = tracker.wait_idle(waiting, self.ctx.worker.rebalance_budget_s)
         offsets = self.committer.committable(only=revoked)
-        self.log.info(
+        self.ctx.log.info(
             "partitions revoked",
             partitions=partition_names(revoked),
             finished=done,
-            abandoned=self.tracker.pending(revoked),
+            abandoned=tracker.pending(revoked),
             commit={f"{tp.topic}:{tp.partition}": om.offset for tp, om in offsets.items()},
         )
         self.forget(revoked, reason="revoked")
@@ -103,15 +95,17 @@ class RebalanceHandler(AsyncConsumerRebalanceListener):
 
     def forget(self, tps: set[TopicPartition], *, reason: str) -> None:
         """Drop every trace of the partitions; late results of theirs are then not sent."""
+        ctx = self.ctx
         with self.flow.lock:
             for tp in tps:
                 self.flow.forget(tp)
                 self.positions.pop(tp, None)
-                self.tracker.forget(tp)
-                self.metrics.drop_lag(tp.topic, tp.partition)
+                ctx.tracker.forget(tp)
+                ctx.metrics.drop_lag(tp.topic, tp.partition)
         if reason == "lost":
-            self.log.warning(
+            ctx.log.warning(
                 "partitions lost (evicted from the group)", partitions=partition_names(tps)
             )
         with contextlib.suppress(Exception):
-            self.metrics.partitions_assigned.set(len(set(self.state.consumer.assignment()) - tps))
+            assigned = set(ctx.state.kafka_consumer.assignment())
+            ctx.metrics.partitions_assigned.set(len(assigned - tps))

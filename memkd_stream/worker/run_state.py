@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
-__all__ = ["EXIT_BROKER_UNREACHABLE", "EXIT_OK", "RunState"]
+from memkd_stream.errors import ExitCode
 
-EXIT_OK = 0
-EXIT_BROKER_UNREACHABLE = 3
+if TYPE_CHECKING:
+    from kafka import KafkaConsumer, KafkaProducer
+
+__all__ = ["RunState"]
 
 
 @dataclass
@@ -25,11 +27,31 @@ class RunState:
 
     # The KafkaConsumer: used only by the consumer thread and the rebalance callbacks that
     # kafka-python runs while that thread is inside poll(). None until the clients start.
-    consumer: Any = None
+    consumer: KafkaConsumer | None = None
     # The KafkaProducer (thread-safe): the decode pool, inference and publisher threads send.
-    producer: Any = None
+    producer: KafkaProducer | None = None
     stop: threading.Event = field(default_factory=threading.Event)
     draining: threading.Event = field(default_factory=threading.Event)
     closing: bool = False
     fatal: str | None = None
-    exit_code: int = EXIT_OK
+    exit_code: ExitCode = ExitCode.OK
+
+    def fail(self, reason: str, exit_code: ExitCode) -> None:
+        """Make the run fatal (the first reason wins): nothing more is committed."""
+        if self.fatal is None:
+            self.fatal = reason
+            self.exit_code = exit_code
+
+    @property
+    def kafka_consumer(self) -> KafkaConsumer:
+        """The consumer, once the clients have started."""
+        if self.consumer is None:
+            raise RuntimeError("the Kafka consumer is not started")
+        return self.consumer
+
+    @property
+    def kafka_producer(self) -> KafkaProducer:
+        """The producer, once the clients have started."""
+        if self.producer is None:
+            raise RuntimeError("the Kafka producer is not started")
+        return self.producer

@@ -8,13 +8,18 @@ its next owner re-reads it from the last commit, so producing it here would only
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from kafka import TopicPartition
 
-from memkd_stream.contract import wire
+from memkd_stream.contract.headers import Headers
+from memkd_stream.contract.request import Request
 from memkd_stream.worker.decode import DecodedImage
 from memkd_stream.worker.offsets import OffsetTracker
+
+if TYPE_CHECKING:
+    from memkd_stream.worker.engine import LoadedLine
 
 __all__ = ["ScoredBatch", "WorkItem", "is_current", "log_fields", "partition_names"]
 
@@ -28,9 +33,9 @@ class WorkItem:
     offset: int
     key: bytes | None
     value: bytes | None = field(repr=False)
-    headers: list[tuple[str, bytes]]
-    request: wire.Request | None = None
-    loaded: Any = None  # engine.LoadedLine
+    headers: Headers
+    request: Request | None = None
+    loaded: LoadedLine | None = None
     decoded: DecodedImage | None = None
     received_mono: float = 0.0
     decoded_mono: float = 0.0
@@ -43,15 +48,15 @@ class ScoredBatch:
     """A batch's outputs waiting to be published."""
 
     items: list[WorkItem]
-    loaded: Any
-    maps: Any  # np.ndarray [B, H, W] float32
+    loaded: LoadedLine
+    maps: np.ndarray  # [B, H, W] float32
     scores: list[float]
     started_wall: float
     forward_s: float
     batch_wait_s: list[float]
 
 
-def is_current(tracker: OffsetTracker, item: WorkItem) -> bool:
+def is_current(tracker: OffsetTracker[TopicPartition], item: WorkItem) -> bool:
     """False when the item's partition was forgotten (revoked/lost) after it was read."""
     return tracker.generation(item.tp) == item.generation
 

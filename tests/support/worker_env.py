@@ -140,7 +140,7 @@ class WorkerEnv:
     def read(self, topic: str, *, count: int, timeout_s: float = 60.0) -> list[dict[str, Any]]:
         """Records of ``topic`` (results parsed, dead letters as headers) until ``count`` or
         the timeout; waits a moment more to catch any extra (duplicate) record."""
-        from memkd_stream.cli.stream import read_results
+        from memkd_stream.broker.results import read_results
 
         settings = self.settings()
         deadline = time.monotonic() + timeout_s
@@ -224,7 +224,7 @@ class ThreadWorker:
         engine = Engine(settings.model, settings.worker, store, metrics=metrics)
         engine.preload(list(settings.worker.preload_lines))
         worker = Worker(settings, engine, metrics=metrics)
-        swapper = HotSwapper(store, engine, settings.worker.refresh_interval_s, metrics=metrics)
+        swapper = HotSwapper(store, engine, settings.worker.refresh_interval_s)
         swapper.start()
         result: dict[str, int] = {}
         thread = threading.Thread(

@@ -12,17 +12,17 @@ import tracemalloc
 import pytest
 import redis
 
-from memkd_stream.contract.line_id import BadLineId
-from memkd_stream.lines.store import (
+from memkd_stream.contract.errors import BadLineId
+from memkd_stream.lines.errors import (
     ArtifactRejected,
     ChecksumMismatch,
-    LineStore,
     NoRollbackTarget,
     StoreUnavailable,
     UnknownLine,
     UnknownVersion,
     VersionActive,
 )
+from memkd_stream.lines.store import LineStore
 
 pytestmark = pytest.mark.integration
 

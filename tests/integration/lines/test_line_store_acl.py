@@ -10,7 +10,8 @@ import uuid
 
 import pytest
 
-from memkd_stream.lines.store import LineStore, StoreUnavailable
+from memkd_stream.lines.errors import StoreUnavailable
+from memkd_stream.lines.store import LineStore
 from memkd_stream.settings import RedisSettings
 
 pytestmark = pytest.mark.integration

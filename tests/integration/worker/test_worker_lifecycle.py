@@ -93,8 +93,8 @@ def test_two_workers_split_partitions_and_answer_everything(
         gauge = "memkd_partitions_assigned"
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
-            a = w1.worker.metrics.registry.get_sample_value(gauge) or 0
-            b = w2.worker.metrics.registry.get_sample_value(gauge) or 0
+            a = w1.worker.ctx.metrics.registry.get_sample_value(gauge) or 0
+            b = w2.worker.ctx.metrics.registry.get_sample_value(gauge) or 0
             if a > 0 and b > 0 and a + b == worker_env.partitions:
                 break
             time.sleep(0.5)
@@ -155,7 +155,7 @@ def test_rebalance_mid_stream_finishes_and_commits_revoked_work(
         # However fast w1 drains the backlog, a second wave sent once w2 holds partitions
         # guarantees both workers answer (the backlog alone made this depend on CPU speed).
         deadline = time.monotonic() + 90
-        registry = w2.worker.metrics.registry
+        registry = w2.worker.ctx.metrics.registry
         while (registry.get_sample_value("memkd_partitions_assigned") or 0) < 1:
             assert time.monotonic() < deadline, "w2 was never assigned a partition"
             time.sleep(0.2)

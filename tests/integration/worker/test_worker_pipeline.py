@@ -129,7 +129,7 @@ def test_backpressure_pauses_without_dropping(
     paused_seen = 0.0
     try:
         deadline = time.monotonic() + 90
-        registry = worker.worker.metrics.registry
+        registry = worker.worker.ctx.metrics.registry
         while time.monotonic() < deadline:
             paused_seen = max(
                 paused_seen, registry.get_sample_value("memkd_paused_partitions") or 0

@@ -5,20 +5,15 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
 from memkd_stream.cli.main import build_parser
 from memkd_stream.cli.stream import (
     CONNECT_TIMEOUT_S,
-    TopicMissing,
     _brief,
-    _is_unreachable,
     _parse_headers,
-    _require_topic,
     _row,
-    _unavailable,
     collect_images,
     plural,
 )
@@ -89,29 +84,3 @@ def test_connect_timeout_defaults_to_ten_seconds() -> None:
     assert args.connect_timeout == CONNECT_TIMEOUT_S == 10.0
     args = build_parser().parse_args(["topics", "create", "--connect-timeout", "2.5"])
     assert args.connect_timeout == 2.5
-
-
-def test_missing_topic_message_names_the_topic_and_the_fix() -> None:
-    kafka = SimpleNamespace(bootstrap_servers="k:9092")
-    with pytest.raises(TopicMissing) as exc:
-        _require_topic(kafka, "memkd.results", {"memkd.inspect"}, "results")
-    assert exc.value.code == "topic-missing"
-    assert str(exc.value) == (
-        "topic memkd.results (results) does not exist on k:9092; "
-        "create it with: memkd-stream topics create"
-    )
-    _require_topic(kafka, "memkd.inspect", {"memkd.inspect"})  # present: no error
-
-
-def test_unreachable_errors_are_recognised() -> None:
-    from kafka.errors import KafkaTimeoutError
-
-    assert _is_unreachable(KafkaTimeoutError("Unable to bootstrap from 127.0.0.1:1"))
-    assert not _is_unreachable(ValueError("x"))
-    err = _unavailable(
-        SimpleNamespace(bootstrap_servers="127.0.0.1:1"),
-        10.0,
-        KafkaTimeoutError("Unable to bootstrap"),
-    )
-    assert err.code == "kafka-unavailable"
-    assert str(err).startswith("Kafka at 127.0.0.1:1 did not answer within 10 s")

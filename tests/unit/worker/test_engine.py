@@ -15,8 +15,9 @@ from typing import Any
 
 import pytest
 import torch
+from memkd.artifact import ArtifactError
 
-from memkd_stream.lines.store import StoreUnavailable
+from memkd_stream.lines.errors import StoreUnavailable
 from memkd_stream.settings import ModelSettings, WorkerSettings
 from memkd_stream.worker import engine as engine_module
 from memkd_stream.worker.engine import (
@@ -29,14 +30,6 @@ from memkd_stream.worker.engine import (
 
 LITE0 = "tf_efficientnet_lite0"
 WRN50 = "wide_resnet50_2"
-
-
-class FakeArtifactError(Exception):
-    """Like memkd's ArtifactError: the engine classifies failures by their ``code``."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 @dataclass
@@ -62,9 +55,9 @@ class FakeModel:
     def load(cls, blob: bytes, teacher: FakeTeacher, expected_sha256: str | None = None):
         cls.loads += 1
         if expected_sha256 is not None and hashlib.sha256(blob).hexdigest() != expected_sha256:
-            raise FakeArtifactError("artifact-checksum", "sha256 differs")
+            raise ArtifactError("sha256 differs", code="artifact-checksum")
         if blob.startswith(b"broken"):
-            raise FakeArtifactError("artifact-corrupt", "not a memkd artifact")
+            raise ArtifactError("not a memkd artifact", code="artifact-corrupt")
         return cls(blob, teacher)
 
     def score(self, teacher: FakeTeacher, batch: torch.Tensor) -> tuple[str, torch.Tensor]:
@@ -88,7 +81,7 @@ class FakeStore:
 
     def _check(self) -> None:
         if self.down:
-            raise StoreUnavailable("redis-unavailable", "Redis at test is unreachable")
+            raise StoreUnavailable("Redis at test is unreachable")
 
     def current(self, line: str) -> int | None:
         self._check()

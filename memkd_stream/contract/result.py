@@ -1,0 +1,89 @@
+"""Results: the JSON value and the Kafka headers of a result record (DESIGN.md §3).
+
+The JSON has exactly the keys of §3. The request's headers travel as the *Kafka headers of the
+result record*: the passed-through ones, then ``memkd-id`` (the effective id), ``memkd-sent-at``
+and ``traceparent`` when the request had them.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+
+from memkd_stream.contract.headers import HEADER_ID, HEADER_SENT_AT, HEADER_TRACEPARENT, Headers
+from memkd_stream.contract.request import Request
+
+__all__ = ["RESULT_SCHEMA", "encode_result", "result_headers"]
+
+RESULT_SCHEMA = 1
+
+
+def _finite(name: str, value: float) -> float:
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"{name} is not a finite number: {number}")
+    return number
+
+
+def encode_result(
+    request: Request,
+    *,
+    model_version: str,
+    score: float,
+    threshold: float,
+    image_hw: tuple[int, int],
+    mask_png: bytes,
+    mask_hw: tuple[int, int],
+    timing_ms: dict[str, float],
+    worker: str,
+) -> bytes:
+    """Render the result JSON of DESIGN.md §3 (keys and nesting exactly as the contract).
+
+    Raises:
+        ValueError: the score or threshold is not finite (the caller dead-letters as model-error).
+    """
+    score = _finite("score", score)
+    threshold = _finite("threshold", threshold)
+    document = {
+        "schema": RESULT_SCHEMA,
+        "id": request.id,
+        "line": request.line,
+        "model_version": model_version,
+        "score": score,
+        "threshold": threshold,
+        "anomalous": score >= threshold,
+        "image": {"height": int(image_hw[0]), "width": int(image_hw[1])},
+        "mask": {
+            "format": "png",
+            "encoding": "base64",
+            "height": int(mask_hw[0]),
+            "width": int(mask_hw[1]),
+            "data": base64.b64encode(mask_png).decode("ascii"),
+        },
+        "source": {
+            "topic": request.source.topic,
+            "partition": request.source.partition,
+            "offset": request.source.offset,
+        },
+        "timing_ms": {
+            name: round(_finite(f"timing_ms.{name}", timing_ms[name]), 3)
+            for name in ("queue", "infer", "total")
+        },
+        "worker": worker,
+    }
+    return json.dumps(document, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode(
+        "utf-8"
+    )
+
+
+def result_headers(request: Request) -> Headers:
+    """Kafka headers for the result record: the request's pass-through headers, then the known
+    ones (``memkd-id`` always, ``memkd-sent-at`` and ``traceparent`` when the request had them)."""
+    headers = list(request.headers_passthrough)
+    headers.append((HEADER_ID, request.id.encode("utf-8")))
+    if request.sent_at_ms is not None:
+        headers.append((HEADER_SENT_AT, str(request.sent_at_ms).encode("ascii")))
+    if request.traceparent is not None:
+        headers.append((HEADER_TRACEPARENT, request.traceparent.encode("ascii")))
+    return headers

@@ -4,7 +4,7 @@
 #   make services-up    local Kafka (KRaft) on 127.0.0.1:39092 + Redis on 127.0.0.1:36379
 #   make services-down  stop exactly what services-up started (pid files under var/run)
 #   make test           setup, services up, all tests, services down (if this run started them)
-#   make lint           ruff check + format check (make format fixes)
+#   make lint           ruff (lint + format check), mypy, import boundaries (make format fixes)
 #   make demo           train a line, stream its test images through a worker, show the verdicts
 #   make bench          model speed, accuracy and end-to-end streaming benchmarks (bench/results)
 #
@@ -113,6 +113,8 @@ test: setup
 lint: $(STAMPS)/venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
 
 format: $(STAMPS)/venv
 	$(VENV)/bin/ruff check --fix .

@@ -16,16 +16,24 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, Protocol, cast
 
 import structlog
 
-if TYPE_CHECKING:
-    from memkd_stream.settings import LogSettings
-
-__all__ = ["Logger", "configure_logging", "get_logger", "redact_secrets", "redact_url"]
+__all__ = ["LogConfig", "Logger", "configure_logging", "get_logger", "redact_secrets", "redact_url"]
 
 Logger = structlog.stdlib.BoundLogger
+
+
+class LogConfig(Protocol):
+    """What logging is configured from (``settings.LogSettings``; log sits below settings)."""
+
+    @property
+    def level(self) -> str: ...
+
+    @property
+    def format(self) -> str: ...
+
 
 _MASK = "**********"
 _SECRET_KEY = re.compile(r"pass(word)?|secret|token|credential|api_?key", re.IGNORECASE)
@@ -57,7 +65,7 @@ def _renderer(fmt: str, stream: Any) -> Any:
     return structlog.processors.JSONRenderer(default=str)
 
 
-def configure_logging(settings: LogSettings, stream: Any = None) -> None:
+def configure_logging(settings: LogConfig, stream: Any = None) -> None:
     """Route structlog and the standard library's logging to one handler on ``stream``.
 
     Safe to call again (tests, the CLI's --log-level): the previous handler is replaced.

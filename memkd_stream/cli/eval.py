@@ -152,6 +152,7 @@ def _write_outputs(
         auroc = roc_auc_score(scored.labels, scored.scores)
         figures.roc_png(folder / "roc_image.png", fpr, tpr, "image-level ROC", auroc)
         files["roc_image"] = str(folder / "roc_image.png")
+        assert scored.masks is not None  # evaluate_category(keep_maps=True) filled them
         pixels_true = scored.masks.reshape(-1)
         pixels_score = scored.maps.reshape(-1)
         if pixels_true.any() and not pixels_true.all():

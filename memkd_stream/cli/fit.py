@@ -160,7 +160,7 @@ def _fit(ctx: Context) -> int:
                 code=exc.code,
             ) from exc
 
-    calibration = model.calibration.to_dict()
+    calibration = model.calibration.to_dict() if model.calibration is not None else {}
     data = {
         "line": args.line,
         "version": version,

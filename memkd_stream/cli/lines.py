@@ -118,7 +118,7 @@ def record_summary(record: dict[str, Any]) -> dict[str, Any]:
 
 def _list(ctx: Context) -> int:
     store = ctx.store()
-    rows = []
+    rows: list[dict[str, Any]] = []
     for line in store.lines():
         versions = store.versions(line)
         current = store.current(line)

@@ -96,7 +96,8 @@ class CommandParser(argparse.ArgumentParser):
         kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
         if kwargs.get("description"):
             kwargs["description"] = plain_text(kwargs["description"])
-        super().__init__(*args, parents=parents, **kwargs)
+        kwargs["parents"] = parents
+        super().__init__(*args, **kwargs)
 
 
 def plain_text(docstring: str) -> str:

@@ -39,7 +39,7 @@ import json
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, Literal, NoReturn, cast
 
 import redis
 
@@ -72,6 +72,11 @@ _WATCH_RETRIES = 20
 
 def _now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _versions(raw: Any) -> list[int]:
+    """Version numbers from a ZRANGE reply (members are the versions' decimal strings)."""
+    return [int(member) for member in raw]
 
 
 def _text(value: bytes | str | None) -> str | None:
@@ -177,7 +182,7 @@ class LineStore:
         """Published versions still stored, ascending. Raises UnknownLine."""
         validate_line_id(line)
         with self._guard():
-            found = [int(v) for v in self._r.zrange(self._k(line, "versions"), 0, -1)]
+            found = _versions(self._r.zrange(self._k(line, "versions"), 0, -1))
         if not found:
             self._require_line(line)
         return found
@@ -198,8 +203,8 @@ class LineStore:
             "line": line,
             "version": int(version),
             "sha256": fields["sha256"],
-            "size": int(fields["size"]),
-            "chunks": int(fields["chunks"]),
+            "size": int(fields["size"] or 0),
+            "chunks": int(fields["chunks"] or 0),
             "chunk_bytes": int(fields.get("chunk_bytes") or 0),
             "created_at": fields.get("created_at"),
             "published_by": fields.get("published_by"),
@@ -234,7 +239,8 @@ class LineStore:
         size = 0
         for index in range(meta["chunks"]):
             with self._guard():
-                chunk = self._r.get(self._chunk_key(line, int(version), index))
+                # a binary client (decode_responses=False): values come back as bytes
+                chunk = cast(bytes | None, self._r.get(self._chunk_key(line, int(version), index)))
             if chunk is None:
                 self.meta(line, version)  # deleted meanwhile -> UnknownVersion
                 raise ChecksumMismatch(
@@ -301,7 +307,7 @@ class LineStore:
                     f"{path} does not match its {path.name}.sha256 (file {sha256[:12]}, "
                     f"sidecar {expected[:12]}): the file is damaged; write it again",
                 )
-            meta = {
+            meta: dict[Any, str | int] = {
                 "sha256": sha256,
                 "size": size,
                 "chunks": written,
@@ -389,14 +395,14 @@ class LineStore:
                 pipe.reset()
                 self._raise_missing(line, version)
             current = pipe.get(current_key)
-            if current is not None and int(current) == version:
+            if current is not None and int(cast(bytes, current)) == version:
                 pipe.reset()
                 raise VersionActive(
                     f"{line}@{version} is the active version and workers serve it; activate or "
                     f"roll back to another version first",
                 )
             pipe.multi()
-            self._queue_drop(pipe, line, version, int(raw_chunks))
+            self._queue_drop(pipe, line, version, int(cast(bytes, raw_chunks)))
 
         self._transaction(txn, current_key, meta_key)
 
@@ -410,7 +416,7 @@ class LineStore:
         deleted: list[int] = []
 
         def txn(pipe: redis.client.Pipeline) -> None:
-            stored = [int(v) for v in pipe.zrange(self._k(line, "versions"), 0, -1)]
+            stored = _versions(pipe.zrange(self._k(line, "versions"), 0, -1))
             keep = set(stored[-self._retention :])
             current = pipe.get(current_key)
             if current is not None:
@@ -499,10 +505,10 @@ class LineStore:
             hint = f"known lines: {', '.join(known)}" if known else "no lines are published yet"
             raise UnknownLine(f"line {line} is not known to Redis at {self._location} ({hint})")
 
-    def _raise_missing(self, line: str, version: int) -> None:
+    def _raise_missing(self, line: str, version: int) -> NoReturn:
         with self._guard():
             self._require_line(line)
-            stored = [int(v) for v in self._r.zrange(self._k(line, "versions"), 0, -1)]
+            stored = _versions(self._r.zrange(self._k(line, "versions"), 0, -1))
         listed = ", ".join(map(str, stored)) or "none"
         raise UnknownVersion(f"line {line} has no version {version} (stored versions: {listed})")
 
@@ -524,7 +530,7 @@ class _RedisGuard:
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
-    ) -> bool:
+    ) -> Literal[False]:
         if exc is None or isinstance(exc, MemkdStreamError):
             return False
         if isinstance(exc, redis.AuthenticationError):

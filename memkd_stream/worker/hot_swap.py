@@ -147,7 +147,7 @@ class HotSwapper:
                 self._on_connected()
                 next_refresh = time.monotonic() + self.refresh_interval_s
             elif kind == "message":
-                self._on_event(message.get("data"))  # type: ignore[union-attr]
+                self._on_event(message.get("data"))
             if next_refresh is not None and time.monotonic() >= next_refresh:
                 self.reconcile()
                 next_refresh = time.monotonic() + self.refresh_interval_s

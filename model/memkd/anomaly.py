@@ -63,11 +63,11 @@ def anomaly_map(
     size: int | tuple[int, int],
 ) -> torch.Tensor:
     """Unblurred map [B, 1, H, W]: sum over scales of upsampled 1 - cos(teacher, student)."""
-    size = (size, size) if isinstance(size, int) else tuple(size)
+    hw = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
     total = None
     for t, s in zip(teacher_feats, student_feats, strict=True):
         d = 1.0 - F.cosine_similarity(t.float(), s.float(), dim=1).unsqueeze(1)
-        d = F.interpolate(d, size=size, mode="bilinear", align_corners=True)
+        d = F.interpolate(d, size=hw, mode="bilinear", align_corners=True)
         total = d if total is None else total + d
     assert total is not None
     return total

@@ -22,6 +22,7 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -118,10 +119,10 @@ def lite0_classifier(path: Path | None = None) -> nn.Module:
 class _EfficientNetTrunk(nn.Module):
     """Stem and the blocks up to the stride-16 stage of a timm EfficientNet; returns 3 taps."""
 
-    def __init__(self, full: nn.Module, taps: tuple[int, int, int]) -> None:
+    def __init__(self, full: Any, taps: tuple[int, int, int]) -> None:
         super().__init__()
-        self.conv_stem = full.conv_stem
-        self.bn1 = full.bn1
+        self.conv_stem: nn.Module = full.conv_stem
+        self.bn1: nn.Module = full.bn1
         self.blocks = nn.Sequential(*list(full.blocks.children())[: taps[-1] + 1])
         self.taps = taps
 
@@ -138,10 +139,12 @@ class _EfficientNetTrunk(nn.Module):
 class _ResNetTrunk(nn.Module):
     """Stem and layers 1-3 of a torchvision ResNet (layer4 and the classifier are dropped)."""
 
-    def __init__(self, full: nn.Module) -> None:
+    def __init__(self, full: Any) -> None:
         super().__init__()
         self.stem = nn.Sequential(full.conv1, full.bn1, full.relu, full.maxpool)
-        self.layer1, self.layer2, self.layer3 = full.layer1, full.layer2, full.layer3
+        self.layer1: nn.Module = full.layer1
+        self.layer2: nn.Module = full.layer2
+        self.layer3: nn.Module = full.layer3
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         f1 = self.layer1(self.stem(x))
@@ -283,4 +286,5 @@ def load_teacher(
     """
     spec = backbone_spec(name)
     trunk = spec.build(Path(weights) if weights is not None else None, random_weights)
-    return Teacher(spec, trunk).to(device, memory_format=torch.channels_last)
+    teacher = Teacher(spec, trunk).to(device)
+    return teacher.to(memory_format=torch.channels_last)

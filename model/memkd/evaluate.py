@@ -205,9 +205,8 @@ def _mask_for(
     h, w = map_hw
     if item.label == 0 or item.mask_path is None:
         return np.zeros((h, w), dtype=bool)
-    mask = Image.open(item.mask_path)
-    mask.load()
-    mask = mask.convert("L")
+    with Image.open(item.mask_path) as opened:
+        mask = opened.convert("L")
     if mask.size != image_size:
         mask = mask.resize(image_size, Image.Resampling.NEAREST)
     if roi is not None:
@@ -233,8 +232,8 @@ def _at_threshold(records: list[ImageRecord]) -> dict[str, float]:
     """Share of defective images flagged and of good images falsely flagged at the threshold."""
     if any(r.flagged is None for r in records):
         return {}
-    bad = [r.flagged for r in records if r.label == 1]
-    good = [r.flagged for r in records if r.label == 0]
+    bad = [bool(r.flagged) for r in records if r.label == 1]
+    good = [bool(r.flagged) for r in records if r.label == 0]
     return {
         "flagged_bad": float(np.mean(bad)) if bad else math.nan,
         "false_alarms": float(np.mean(good)) if good else math.nan,

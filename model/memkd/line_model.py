@@ -66,11 +66,13 @@ class LineModel:
 
     @property
     def mean(self) -> tuple[float, float, float]:
-        return tuple(self.teacher_info["mean"])  # type: ignore[return-value]
+        r, g, b = (float(v) for v in self.teacher_info["mean"])
+        return (r, g, b)
 
     @property
     def std(self) -> tuple[float, float, float]:
-        return tuple(self.teacher_info["std"])  # type: ignore[return-value]
+        r, g, b = (float(v) for v in self.teacher_info["std"])
+        return (r, g, b)
 
     @property
     def input_size(self) -> int:
@@ -93,7 +95,7 @@ class LineModel:
 
     def to(self, device: str | torch.device) -> LineModel:
         """Move the student (in channels_last, the faster layout on CPU and CUDA); returns self."""
-        self.student.to(torch.device(device), memory_format=torch.channels_last)
+        self.student.to(torch.device(device)).to(memory_format=torch.channels_last)
         return self
 
     def score(self, teacher: Teacher, batch: torch.Tensor) -> AnomalyResult:
@@ -113,7 +115,7 @@ class LineModel:
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
                 t_feats = teacher(x)
                 s_feats = self.student(t_feats)
-            return anomaly_result(t_feats, s_feats, tuple(x.shape[-2:]))
+            return anomaly_result(t_feats, s_feats, (int(x.shape[-2]), int(x.shape[-1])))
 
     def record(self) -> dict[str, Any]:
         """Everything of DESIGN.md §5 as a JSON-able dict (stored in the artifact header)."""

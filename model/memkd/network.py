@@ -174,8 +174,13 @@ class MemKDStudent(nn.Module):
     def _fuse(self, s: torch.Tensor, k: int) -> torch.Tensor:
         if not self.config.memory:
             return s
-        r = self.memories[k].recall(s)
+        r = self.memory_list[k].recall(s)
         return torch.cat([s, r], dim=1) if self.config.fusion == "concat" else s + r
+
+    @property
+    def memory_list(self) -> list[NRMemory]:
+        """The NR memories, typed (``memories`` is the ``nn.ModuleList`` that registers them)."""
+        return [m for m in self.memories if isinstance(m, NRMemory)]
 
     def forward(self, teacher_feats: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         s_a = self.stage1(self.bottleneck(teacher_feats))  # c3 @ stride 16

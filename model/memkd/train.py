@@ -15,7 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,7 +103,7 @@ class _FeatureSource:
         ]
 
 
-def _batches(n: int, batch: int, gen: torch.Generator):
+def _batches(n: int, batch: int, gen: torch.Generator) -> Iterator[torch.Tensor]:
     """Endless stream of full batches from concatenated random permutations (epoch order)."""
     buf: list[int] = []
     while True:
@@ -177,8 +177,8 @@ def fit(
         if mcfg.memory:
             ex = source.get(torch.randperm(n_train, generator=gen)[: min(tcfg.exemplars, n_train)])
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
-                l_nm = nm_loss(student.memories, [ex[2], ex[1]])
-            l_orth = orth_loss(student.memories)
+                l_nm = nm_loss(student.memory_list, [ex[2], ex[1]])
+            l_orth = orth_loss(student.memory_list)
             loss = loss + tcfg.w_nm * l_nm + tcfg.w_orth * l_orth
             losses |= {"nm": float(l_nm.detach()), "orth": float(l_orth.detach())}
         opt.zero_grad(set_to_none=True)

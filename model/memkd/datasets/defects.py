@@ -243,7 +243,7 @@ def _foreign(
     radius = rng.uniform(10, 22) * s
     cy, cx = _pick_centre(rng, scene.allowed, 1.5 * radius)
     cover = _blob(image.shape[:2], (cy, cx), radius, rng, irregularity=0.45, softness=1.0)
-    source = scene.foreign[rng.integers(len(scene.foreign))]
+    source = scene.foreign[int(rng.integers(len(scene.foreign)))]
     side = int(np.ceil(2 * 1.5 * radius)) + 2
     crop = int(min(side * rng.uniform(1.0, 2.0), *source.shape[:2]))
     y = int(rng.integers(0, source.shape[0] - crop + 1))

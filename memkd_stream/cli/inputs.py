@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from memkd_stream.contract.formats import IMAGE_SUFFIXES
 from memkd_stream.errors import ErrorCode, MemkdStreamError
 
 if TYPE_CHECKING:
@@ -87,11 +88,11 @@ def resolve_dataset(root: Path) -> DatasetInput:
     if (root / "train" / "good").is_dir():
         from memkd.datasets import read_mvtec_category
 
-        category = read_mvtec_category(root)
+        category = read_mvtec_category(root, suffixes=IMAGE_SUFFIXES)
         return DatasetInput(root, "mvtec", [Path(p) for p in category.train], category)
     from memkd.datasets import list_images
 
-    images = [Path(p) for p in list_images(root)]
+    images = [Path(p) for p in list_images(root, IMAGE_SUFFIXES)]
     if not images:
         raise DatasetError(
             f"no images in {root} (expected PNG/JPEG/BMP/TIFF files, or an MVTec-layout "

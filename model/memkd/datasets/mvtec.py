@@ -12,6 +12,7 @@ Anyone who has MVTec AD can point the evaluator at it; the tests use generated d
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +27,10 @@ __all__ = [
     "read_mvtec_category",
 ]
 
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
+# The formats the streaming worker decodes (memkd_stream.contract.formats, which this library
+# cannot import; a test keeps the two equal): a line is never trained on an image its worker
+# would refuse.
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
 
 
 class DatasetError(MemKDError):
@@ -69,7 +73,7 @@ class Category:
         return sorted({item.defect for item in self.test if item.label == 1})
 
 
-def list_images(folder: Path | str) -> list[Path]:
+def list_images(folder: Path | str, suffixes: Collection[str] = IMAGE_EXTENSIONS) -> list[Path]:
     """Image files directly in ``folder``, sorted by name; hidden files (``._x.png``) skipped."""
     folder = Path(folder)
     if not folder.is_dir():
@@ -77,15 +81,20 @@ def list_images(folder: Path | str) -> list[Path]:
     return sorted(
         p
         for p in folder.iterdir()
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in suffixes
     )
 
 
-def read_mvtec_category(root: Path | str, require_masks: bool = True) -> Category:
+def read_mvtec_category(
+    root: Path | str,
+    require_masks: bool = True,
+    suffixes: Collection[str] = IMAGE_EXTENSIONS,
+) -> Category:
     """Index one category folder; a defective test image without a mask is an error.
 
     ``test`` may be absent (a category with training images only). With ``require_masks=False``,
-    a missing mask gives ``mask_path=None`` instead of an error.
+    a missing mask gives ``mask_path=None`` instead of an error. Only files whose suffix is in
+    ``suffixes`` are images.
     """
     root = Path(root)
     train_dir = root / "train" / "good"
@@ -100,7 +109,7 @@ def read_mvtec_category(root: Path | str, require_masks: bool = True) -> Categor
     if test_dir.is_dir():
         for defect_dir in sorted(p for p in test_dir.iterdir() if p.is_dir()):
             defect = defect_dir.name
-            for path in list_images(defect_dir):
+            for path in list_images(defect_dir, suffixes):
                 if defect == "good":
                     test.append(TestItem(path, 0, None, defect))
                     continue
@@ -112,7 +121,7 @@ def read_mvtec_category(root: Path | str, require_masks: bool = True) -> Categor
                         code="dataset-layout",
                     )
                 test.append(TestItem(path, 1, mask, defect))
-    return Category(name=root.name, root=root, train=list_images(train_dir), test=test)
+    return Category(name=root.name, root=root, train=list_images(train_dir, suffixes), test=test)
 
 
 def _find_mask(folder: Path, stem: str) -> Path | None:

@@ -64,3 +64,20 @@ def test_roi_argument():
     for text in ("1,2,3", "a,b,c,d", "0,0,0,10", "-1,0,5,5"):
         with pytest.raises(argparse.ArgumentTypeError):
             parse_roi(text)
+
+
+def test_fit_reads_only_the_formats_the_worker_decodes(tmp_path):
+    """A WebP would train a line whose worker dead-letters the same images (decode-error)."""
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    Image.new("RGB", (8, 8)).save(tmp_path / "b.webp")
+    dataset = resolve_dataset(tmp_path)
+    assert [p.name for p in dataset.train] == ["a.png"]
+
+
+def test_the_model_library_lists_the_contract_formats():
+    """memkd cannot import the contract, so its default list is a copy kept equal here."""
+    from memkd.datasets import IMAGE_EXTENSIONS
+
+    from memkd_stream.contract.formats import IMAGE_SUFFIXES
+
+    assert IMAGE_EXTENSIONS == IMAGE_SUFFIXES

@@ -8,14 +8,22 @@ Debian's redis-server but no container runtime, and Kafka comes from Maven Centr
     var/redis/redis.conf          var/redis/data/     var/log/redis.log
     var/run/kafka.pid             var/run/redis.pid   var/run/services.lock
 
-Invariants:
-- ``down`` signals only the processes named in our pid files, and only after checking that the
-  pid still belongs to the program we started (pids are reused).
-- ``up`` is idempotent: services that already answer are left alone. A pid file whose process is
-  gone is removed; a process of ours that holds the port but does not answer within the timeout
-  (a wedged broker left by a crashed run) is killed and restarted.
-- A healthy Kafka/Redis on our port that this checkout did not start (another checkout, a
-  developer's own) is reused, never stopped. Something else on the port is a clear error.
+Both servers are brought up by one algorithm (``bring_up``) over a small description of each
+(``Service``: its ports, pid file, how to probe it, how to recognise and start it):
+
+1. a pid file whose process is gone (or is not ours: pids are reused) is removed;
+2. our own server that lost its pid file (a crash between start and write, var/run wiped) is
+   adopted, found by the port it listens on;
+3. ours and answering -> nothing to do; ours on other ports than asked -> a clear error, never
+   a second server; ours but not answering within the wait (wedged) -> stopped and restarted;
+4. a healthy server of the same kind on the port that this checkout did not start (another
+   checkout, a developer's own) is reused and never stopped; anything else on a port is an error
+   naming the process;
+5. start, then wait until a real client round trip answers (Kafka: a metadata request; Redis:
+   PING); a start that fails shows the tail of the logs.
+
+``down`` signals only the processes named in our pid files, and only after checking that the pid
+still belongs to the program we started.
 
 Usage: services.py up|down|status [--kafka-port N] [--controller-port N] [--redis-port N]
 """
@@ -29,7 +37,6 @@ import logging
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -38,6 +45,8 @@ from base64 import urlsafe_b64encode
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+import psutil
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -51,7 +60,7 @@ class ServiceError(RuntimeError):
 
 @dataclass(frozen=True)
 class Layout:
-    """Where one checkout keeps the files of its local services."""
+    """Where one checkout keeps the files of its local services, and on which ports they run."""
 
     var: Path
     lib: Path
@@ -67,49 +76,51 @@ class Layout:
     def log(self) -> Path:
         return self.var / "log"
 
-    @property
-    def kafka_props(self) -> Path:
-        return self.var / "kafka" / "server.properties"
+
+@dataclass(frozen=True)
+class Started:
+    """A server just launched: its pid once known, and whether it may still come up."""
+
+    pid: Callable[[], int | None]
+    starting: Callable[[], bool]
+
+
+@dataclass(frozen=True)
+class Service:
+    """One local server: what ``bring_up``, ``down`` and ``status`` need to know about it."""
+
+    name: str
+    ports: tuple[int, ...]  # every port it holds; clients connect to the first
+    pid_file: Path
+    logs: tuple[Path, ...]
+    stop_grace_s: float
+    adopted_wait_s: float  # how long a running server of ours may take to answer before restart
+    port_hint: str  # the make variables that choose other ports
+    answers: Callable[[], bool]
+    is_ours: Callable[[int], bool]
+    running_ports: Callable[[int], set[int]]
+    start: Callable[[], Started]
 
     @property
-    def kafka_data(self) -> Path:
-        return self.var / "kafka" / "data"
-
-    @property
-    def kafka_pid(self) -> Path:
-        return self.run / "kafka.pid"
-
-    @property
-    def redis_conf(self) -> Path:
-        return self.var / "redis" / "redis.conf"
-
-    @property
-    def redis_data(self) -> Path:
-        return self.var / "redis" / "data"
-
-    @property
-    def redis_pid(self) -> Path:
-        return self.run / "redis.pid"
+    def port(self) -> int:
+        return self.ports[0]
 
 
 # --- processes ---------------------------------------------------------------------------------
 
 
 def _cmdline(pid: int) -> str:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return ""
-    return raw.replace(b"\0", b" ").decode(errors="replace").strip()
+    with contextlib.suppress(psutil.Error):
+        return " ".join(psutil.Process(pid).cmdline())
+    return ""
 
 
 def _alive(pid: int) -> bool:
     """True while the process exists and is not a zombie."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
         return False
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 def _read_pid(path: Path) -> int | None:
@@ -120,29 +131,17 @@ def _read_pid(path: Path) -> int | None:
 
 
 def _listener_pids(port: int) -> set[int]:
-    """Pids of processes listening on TCP ``port`` (any address), from /proc."""
-    inodes: set[str] = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with contextlib.suppress(OSError), open(table) as fh:
-            next(fh, None)
-            for line in fh:
-                fields = line.split()
-                local, state, inode = fields[1], fields[3], fields[9]
-                if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:
-                    inodes.add(f"socket:[{inode}]")
-    if not inodes:
-        return set()
-    pids: set[int] = set()
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        with contextlib.suppress(OSError):
-            for fd in (proc / "fd").iterdir():
-                with contextlib.suppress(OSError):
-                    if os.readlink(fd) in inodes:
-                        pids.add(int(proc.name))
-                        break
-    return pids
+    """Pids of processes listening on TCP ``port`` (any address)."""
+    return {
+        conn.pid
+        for conn in psutil.net_connections(kind="tcp")
+        if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port and conn.pid
+    }
+
+
+def _who(port: int) -> str:
+    holders = sorted(_listener_pids(port))
+    return "; ".join(f"pid {h}: {_cmdline(h)[:160]}" for h in holders) or "unknown process"
 
 
 def _port_busy(port: int) -> bool:
@@ -155,18 +154,17 @@ def _port_busy(port: int) -> bool:
 
 def _stop(pid: int, name: str, grace_s: float) -> None:
     """SIGTERM, wait up to ``grace_s``, then SIGKILL."""
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    while _alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    if _alive(pid):
+    try:
+        proc = psutil.Process(pid)
+        proc.terminate()
+        proc.wait(grace_s)
+    except psutil.NoSuchProcess:
+        return
+    except psutil.TimeoutExpired:
         print(f"{name}: pid {pid} ignored SIGTERM for {grace_s:.0f}s, sending SIGKILL")
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        deadline = time.monotonic() + 10
-        while _alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+            proc.wait(10)
 
 
 def _wait_until(
@@ -190,7 +188,115 @@ def _tail(path: Path, lines: int = 25) -> str:
         return "(no file)"
 
 
-# --- probes ------------------------------------------------------------------------------------
+def _render(template: Path, out: Path, fields: dict[str, str]) -> None:
+    text = template.read_text()
+    for key, value in fields.items():
+        text = text.replace(f"@{key}@", value)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.replace(out)
+
+
+# --- the one bring-up algorithm ----------------------------------------------------------------
+
+
+def _our_pid(svc: Service) -> int | None:
+    """Our running server's pid: the pid file's if it is ours, else one adopted by its port."""
+    pid = _read_pid(svc.pid_file)
+    if pid is not None and not (_alive(pid) and svc.is_ours(pid)):
+        print(f"{svc.name}: removing stale pid file (pid {pid} is gone)")
+        svc.pid_file.unlink(missing_ok=True)
+        pid = None
+    if pid is None:
+        for port in svc.ports:
+            for holder in _listener_pids(port):
+                if svc.is_ours(holder):
+                    print(f"{svc.name}: adopting our server pid {holder} (pid file was missing)")
+                    svc.pid_file.parent.mkdir(parents=True, exist_ok=True)
+                    svc.pid_file.write_text(f"{holder}\n")
+                    return holder
+    return pid
+
+
+def bring_up(svc: Service, timeout_s: float) -> None:
+    """Make ``svc`` answer on its ports (see the module docstring for the steps)."""
+    pid = _our_pid(svc)
+    if pid is not None:
+        running = svc.running_ports(pid)
+        if running != set(svc.ports):
+            raise ServiceError(
+                f"{svc.name} of this checkout is running (pid {pid}: {_cmdline(pid)[:120]}) but "
+                f"not on the ports asked for ({sorted(svc.ports)}); stop it first with "
+                f"`make services-down`, or ask for the ports it runs on ({sorted(running)})"
+            )
+        alive_pid = pid
+        if _wait_until(svc.answers, min(timeout_s, svc.adopted_wait_s), lambda: _alive(alive_pid)):
+            print(f"{svc.name}: already up on 127.0.0.1:{svc.port} (pid {pid})")
+            return
+        print(f"{svc.name}: our server pid {pid} does not answer on {svc.port}; restarting it")
+        _stop(pid, svc.name, grace_s=svc.stop_grace_s)
+        svc.pid_file.unlink(missing_ok=True)
+    if svc.answers():
+        print(
+            f"{svc.name}: reusing a server already answering on 127.0.0.1:{svc.port} "
+            f"(pid {sorted(_listener_pids(svc.port)) or '?'}, not started by this checkout; "
+            "services-down leaves it)"
+        )
+        return
+    for port in svc.ports:
+        if _port_busy(port):
+            raise ServiceError(
+                f"{svc.name}: port {port} is taken by something that is not a healthy "
+                f"{svc.name} ({_who(port)}). Stop it, or pick other ports: "
+                f"make services-up {svc.port_hint}"
+            )
+    began = time.monotonic()
+    started = svc.start()
+    if not _wait_until(svc.answers, timeout_s, started.starting):
+        state = "exited" if not started.starting() else f"did not answer within {timeout_s:.0f}s"
+        pid = started.pid()
+        if pid is not None and _alive(pid):
+            _stop(pid, svc.name, grace_s=10)
+        svc.pid_file.unlink(missing_ok=True)
+        logs = "\n".join(f"--- {log} ---\n{_tail(log)}" for log in svc.logs)
+        raise ServiceError(f"{svc.name}: server {state}. Logs:\n{logs}")
+    print(
+        f"{svc.name}: up on 127.0.0.1:{svc.port} (pid {started.pid()}, "
+        f"{time.monotonic() - began:.1f}s)"
+    )
+
+
+def down(services: list[Service]) -> None:
+    """Stop what our pid files name, in the order given."""
+    for svc in services:
+        pid = _read_pid(svc.pid_file)
+        if pid is None:
+            print(f"{svc.name}: not running (no pid file)")
+            continue
+        if _alive(pid) and svc.is_ours(pid):
+            began = time.monotonic()
+            _stop(pid, svc.name, grace_s=svc.stop_grace_s)
+            print(f"{svc.name}: stopped pid {pid} ({time.monotonic() - began:.1f}s)")
+        else:
+            print(f"{svc.name}: pid {pid} already gone; removing its pid file")
+        svc.pid_file.unlink(missing_ok=True)
+
+
+def status(services: list[Service]) -> bool:
+    ok = True
+    for svc in services:
+        pid = _read_pid(svc.pid_file)
+        answers = svc.answers()
+        ok = ok and answers
+        print(
+            f"{svc.name}: 127.0.0.1:{svc.port} {'answers' if answers else 'DOWN'}; "
+            f"pid file: {pid if pid is not None else 'none'}"
+        )
+    return ok
+
+
+# --- kafka -------------------------------------------------------------------------------------
 
 
 def kafka_answers(port: int, timeout_s: float = 3.0) -> bool:
@@ -223,36 +329,6 @@ def kafka_answers(port: int, timeout_s: float = 3.0) -> bool:
             admin.close()
 
 
-def redis_answers(port: int, timeout_s: float = 2.0) -> bool:
-    """PING with redis-py."""
-    import redis
-
-    if not _port_busy(port):
-        return False
-    client = redis.Redis(
-        host="127.0.0.1", port=port, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
-    )
-    try:
-        return bool(client.ping())
-    except Exception:
-        return False
-    finally:
-        client.close()
-
-
-# --- kafka -------------------------------------------------------------------------------------
-
-
-def _render(template: Path, out: Path, fields: dict[str, str]) -> None:
-    text = template.read_text()
-    for key, value in fields.items():
-        text = text.replace(f"@{key}@", value)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(text)
-    tmp.replace(out)
-
-
 def _java() -> str:
     java_home = os.environ.get("JAVA_HOME")
     if java_home and (Path(java_home) / "bin" / "java").exists():
@@ -283,109 +359,97 @@ def _java_cmd(lay: Layout, main: str, *args: str) -> list[str]:
     ]
 
 
-def _is_our_kafka(pid: int, lay: Layout) -> bool:
-    cmd = _cmdline(pid)
-    return KAFKA_MAIN in cmd and str(lay.kafka_props) in cmd
-
-
-def _format_storage(lay: Layout) -> None:
-    if (lay.kafka_data / "meta.properties").exists():
-        return
-    cluster_id = urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-    cmd = _java_cmd(
-        lay,
-        "kafka.tools.StorageTool",
-        "format",
-        "--cluster-id",
-        cluster_id,
-        "--config",
-        str(lay.kafka_props),
-        "--ignore-formatted",
-    )
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
-    if done.returncode != 0:
-        raise ServiceError(f"kafka storage format failed:\n{done.stdout}{done.stderr}")
-    print(f"kafka: formatted {lay.kafka_data} (cluster id {cluster_id})")
-
-
-def kafka_up(lay: Layout, timeout_s: float) -> None:
-    port, cport = lay.kafka_port, lay.controller_port
-    pid = _read_pid(lay.kafka_pid)
-    if pid is not None and not (_alive(pid) and _is_our_kafka(pid, lay)):
-        print(f"kafka: removing stale pid file (pid {pid} is gone)")
-        lay.kafka_pid.unlink(missing_ok=True)
-        pid = None
-    if pid is None:
-        # Our own broker whose pid file was lost (crash between start and write, var/run wiped).
-        for holder in _listener_pids(port) | _listener_pids(cport):
-            if _is_our_kafka(holder, lay):
-                print(f"kafka: adopting our broker pid {holder} (pid file was missing)")
-                lay.kafka_pid.write_text(f"{holder}\n")
-                pid = holder
-                break
-    if pid is not None:
-        _check_same_ports("kafka", pid, lay, {port, cport})
-        if _wait_until(lambda: kafka_answers(port), timeout_s, lambda: _alive(pid)):
-            print(f"kafka: already up on 127.0.0.1:{port} (pid {pid})")
-            return
-        print(f"kafka: our broker pid {pid} does not answer on {port}; restarting it")
-        _stop(pid, "kafka", grace_s=15)
-        lay.kafka_pid.unlink(missing_ok=True)
-
-    if kafka_answers(port):
-        holders = sorted(_listener_pids(port))
-        print(
-            f"kafka: reusing a broker already answering on 127.0.0.1:{port} "
-            f"(pid {holders or '?'}, not started by this checkout; services-down leaves it)"
-        )
-        return
-    for p in (port, cport):
-        if _port_busy(p):
-            holders = sorted(_listener_pids(p))
-            who = "; ".join(f"pid {h}: {_cmdline(h)[:160]}" for h in holders) or "unknown process"
-            raise ServiceError(
-                f"kafka: port {p} is taken by something that is not a healthy Kafka "
-                f"({who}). Stop it, or pick other ports: "
-                "make services-up KAFKA_PORT=... KAFKA_CONTROLLER_PORT=..."
-            )
-
-    lay.log.mkdir(parents=True, exist_ok=True)
-    lay.kafka_data.mkdir(parents=True, exist_ok=True)
-    _render(
-        HERE / "server.properties",
-        lay.kafka_props,
-        {
-            "BROKER_PORT": str(port),
-            "CONTROLLER_PORT": str(cport),
-            "DATA_DIR": str(lay.kafka_data),
-        },
-    )
-    _format_storage(lay)
+def kafka_service(lay: Layout) -> Service:
+    props = lay.var / "kafka" / "server.properties"
+    data = lay.var / "kafka" / "data"
     out = lay.log / "kafka.out"
-    with open(out, "ab") as fh:
-        proc = subprocess.Popen(
-            _java_cmd(lay, KAFKA_MAIN, str(lay.kafka_props)),
-            cwd=ROOT,
-            stdin=subprocess.DEVNULL,
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+    pid_file = lay.run / "kafka.pid"
+
+    def is_ours(pid: int) -> bool:
+        cmd = _cmdline(pid)
+        return KAFKA_MAIN in cmd and str(props) in cmd
+
+    def running_ports(_pid: int) -> set[int]:
+        # the properties file is rendered at each start, so it is the running one
+        try:
+            listeners = re.search(r"^listeners=(.*)$", props.read_text(), re.MULTILINE)
+        except OSError:
+            return set()
+        return {int(p) for p in re.findall(r":(\d+)", listeners.group(1))} if listeners else set()
+
+    def start() -> Started:
+        lay.log.mkdir(parents=True, exist_ok=True)
+        data.mkdir(parents=True, exist_ok=True)
+        _render(
+            HERE / "server.properties",
+            props,
+            {
+                "BROKER_PORT": str(lay.kafka_port),
+                "CONTROLLER_PORT": str(lay.controller_port),
+                "DATA_DIR": str(data),
+            },
         )
-    lay.kafka_pid.write_text(f"{proc.pid}\n")
-    started = time.monotonic()
-    if not _wait_until(lambda: kafka_answers(port), timeout_s, lambda: proc.poll() is None):
-        state = "exited" if proc.poll() is not None else f"did not answer within {timeout_s:.0f}s"
-        _stop(proc.pid, "kafka", grace_s=10)
-        lay.kafka_pid.unlink(missing_ok=True)
-        raise ServiceError(
-            f"kafka: broker {state}. Logs: {lay.log / 'kafka.log'} and {out}\n"
-            f"--- {out} ---\n{_tail(out)}\n"
-            f"--- {lay.log / 'kafka.log'} ---\n{_tail(lay.log / 'kafka.log')}"
-        )
-    print(f"kafka: up on 127.0.0.1:{port} (pid {proc.pid}, {time.monotonic() - started:.1f}s)")
+        if not (data / "meta.properties").exists():
+            cluster_id = urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            cmd = _java_cmd(
+                lay,
+                "kafka.tools.StorageTool",
+                "format",
+                "--cluster-id",
+                cluster_id,
+                "--config",
+                str(props),
+                "--ignore-formatted",
+            )
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+            if done.returncode != 0:
+                raise ServiceError(f"kafka storage format failed:\n{done.stdout}{done.stderr}")
+            print(f"kafka: formatted {data} (cluster id {cluster_id})")
+        with open(out, "ab") as fh:
+            proc = subprocess.Popen(
+                _java_cmd(lay, KAFKA_MAIN, str(props)),
+                cwd=ROOT,
+                stdin=subprocess.DEVNULL,
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        pid_file.write_text(f"{proc.pid}\n")
+        return Started(pid=lambda: proc.pid, starting=lambda: proc.poll() is None)
+
+    return Service(
+        name="kafka",
+        ports=(lay.kafka_port, lay.controller_port),
+        pid_file=pid_file,
+        logs=(out, lay.log / "kafka.log"),
+        stop_grace_s=30.0,
+        adopted_wait_s=float("inf"),  # a broker replaying its log after a crash takes a while
+        port_hint="KAFKA_PORT=... KAFKA_CONTROLLER_PORT=...",
+        answers=lambda: kafka_answers(lay.kafka_port),
+        is_ours=is_ours,
+        running_ports=running_ports,
+        start=start,
+    )
 
 
 # --- redis -------------------------------------------------------------------------------------
+
+
+def redis_answers(port: int, timeout_s: float = 2.0) -> bool:
+    """PING with redis-py."""
+    import redis
+
+    if not _port_busy(port):
+        return False
+    client = redis.Redis(
+        host="127.0.0.1", port=port, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+    )
+    try:
+        return bool(client.ping())
+    except Exception:
+        return False
+    finally:
+        client.close()
 
 
 def _redis_server() -> str:
@@ -399,162 +463,69 @@ def _redis_server() -> str:
     return found
 
 
-def _is_our_redis(pid: int, lay: Layout) -> bool:
-    """redis-server rewrites its command line to ``host:port``; it runs inside our data dir."""
-    try:
-        cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
-    except OSError:
-        return False
-    return "redis-server" in _cmdline(pid) and cwd == lay.redis_data.resolve()
-
-
-def _running_ports(name: str, pid: int, lay: Layout) -> set[int]:
-    """The ports our running ``name`` process was started with."""
-    if name == "kafka":  # the properties file is rendered at each start, so it is the running one
-        try:
-            props = lay.kafka_props.read_text()
-        except OSError:
-            return set()
-        listeners = re.search(r"^listeners=(.*)$", props, re.MULTILINE)
-        return (
-            {int(port) for port in re.findall(r":(\d+)", listeners.group(1))}
-            if listeners
-            else set()
-        )
-    found = re.search(r":(\d+)", _cmdline(pid))
-    return {int(found.group(1))} if found else set()
-
-
-def _check_same_ports(name: str, pid: int, lay: Layout, ports: set[int]) -> None:
-    """Our process runs, but maybe on other ports than asked: never silently run two."""
-    if _running_ports(name, pid, lay) == ports:
-        return
-    cmd = _cmdline(pid)
-    raise ServiceError(
-        f"{name} of this checkout is running (pid {pid}: {cmd[:120]}) but not on the ports asked "
-        f"for ({sorted(ports)}); stop it first with `make services-down`, or ask for the ports "
-        f"it runs on ({sorted(_running_ports(name, pid, lay))})"
-    )
-
-
-def redis_up(lay: Layout, timeout_s: float) -> None:
-    port = lay.redis_port
-    pid = _read_pid(lay.redis_pid)
-    if pid is not None and not (_alive(pid) and _is_our_redis(pid, lay)):
-        print(f"redis: removing stale pid file (pid {pid} is gone)")
-        lay.redis_pid.unlink(missing_ok=True)
-        pid = None
-    if pid is None:
-        for holder in _listener_pids(port):
-            if _is_our_redis(holder, lay):
-                print(f"redis: adopting our server pid {holder} (pid file was missing)")
-                lay.redis_pid.parent.mkdir(parents=True, exist_ok=True)
-                lay.redis_pid.write_text(f"{holder}\n")
-                pid = holder
-                break
-    if pid is not None:
-        _check_same_ports("redis", pid, lay, {port})
-        if _wait_until(lambda: redis_answers(port), min(timeout_s, 15), lambda: _alive(pid)):
-            print(f"redis: already up on 127.0.0.1:{port} (pid {pid})")
-            return
-        print(f"redis: our server pid {pid} does not answer on {port}; restarting it")
-        _stop(pid, "redis", grace_s=10)
-        lay.redis_pid.unlink(missing_ok=True)
-    if redis_answers(port):
-        holders = sorted(_listener_pids(port))
-        print(
-            f"redis: reusing a server already answering on 127.0.0.1:{port} "
-            f"(pid {holders or '?'}, not started by this checkout; services-down leaves it)"
-        )
-        return
-    if _port_busy(port):
-        holders = sorted(_listener_pids(port))
-        who = "; ".join(f"pid {h}: {_cmdline(h)[:160]}" for h in holders) or "unknown process"
-        raise ServiceError(
-            f"redis: port {port} is taken by something that is not a healthy Redis "
-            f"({who}). Stop it, or pick another port: make services-up REDIS_PORT=..."
-        )
-
+def redis_service(lay: Layout) -> Service:
+    conf = lay.var / "redis" / "redis.conf"
+    data = lay.var / "redis" / "data"
     log = lay.log / "redis.log"
-    for folder in (lay.log, lay.redis_data, lay.run):
-        folder.mkdir(parents=True, exist_ok=True)
-    _render(
-        HERE / "redis.conf",
-        lay.redis_conf,
-        {
-            "PORT": str(port),
-            "PID_FILE": str(lay.redis_pid),
-            "LOG_FILE": str(log),
-            "DATA_DIR": str(lay.redis_data),
-        },
-    )
-    started = time.monotonic()
-    done = subprocess.run(
-        [_redis_server(), str(lay.redis_conf)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise ServiceError(
-            f"redis: redis-server failed to start:\n{done.stdout}{done.stderr}\n"
-            f"--- {log} ---\n{_tail(log)}"
+    pid_file = lay.run / "redis.pid"
+
+    def is_ours(pid: int) -> bool:
+        """redis-server rewrites its command line to ``host:port``; it runs inside our data dir."""
+        try:
+            cwd = Path(psutil.Process(pid).cwd())
+        except psutil.Error:
+            return False
+        return "redis-server" in _cmdline(pid) and cwd == data.resolve()
+
+    def running_ports(pid: int) -> set[int]:
+        found = re.search(r":(\d+)", _cmdline(pid))
+        return {int(found.group(1))} if found else set()
+
+    def start() -> Started:
+        for folder in (lay.log, data, lay.run):
+            folder.mkdir(parents=True, exist_ok=True)
+        _render(
+            HERE / "redis.conf",
+            conf,
+            {
+                "PORT": str(lay.redis_port),
+                "PID_FILE": str(pid_file),
+                "LOG_FILE": str(log),
+                "DATA_DIR": str(data),
+            },
         )
+        # redis-server daemonizes and writes its pid file itself
+        done = subprocess.run(
+            [_redis_server(), str(conf)], capture_output=True, text=True, timeout=30, check=False
+        )
+        if done.returncode != 0:
+            raise ServiceError(
+                f"redis: redis-server failed to start:\n{done.stdout}{done.stderr}\n"
+                f"--- {log} ---\n{_tail(log)}"
+            )
 
-    def starting() -> bool:
-        p = _read_pid(lay.redis_pid)
-        return p is None or _alive(p)
+        def starting() -> bool:
+            pid = _read_pid(pid_file)
+            return pid is None or _alive(pid)
 
-    if not _wait_until(lambda: redis_answers(port), timeout_s, starting):
-        p = _read_pid(lay.redis_pid)
-        if p is not None and _alive(p):
-            _stop(p, "redis", grace_s=5)
-        lay.redis_pid.unlink(missing_ok=True)
-        raise ServiceError(f"redis: did not answer PING on {port}. Log: {log}\n{_tail(log)}")
-    print(
-        f"redis: up on 127.0.0.1:{port} (pid {_read_pid(lay.redis_pid)}, "
-        f"{time.monotonic() - started:.1f}s)"
+        return Started(pid=lambda: _read_pid(pid_file), starting=starting)
+
+    return Service(
+        name="redis",
+        ports=(lay.redis_port,),
+        pid_file=pid_file,
+        logs=(log,),
+        stop_grace_s=15.0,
+        adopted_wait_s=15.0,
+        port_hint="REDIS_PORT=...",
+        answers=lambda: redis_answers(lay.redis_port),
+        is_ours=is_ours,
+        running_ports=running_ports,
+        start=start,
     )
 
 
 # --- commands ----------------------------------------------------------------------------------
-
-
-def down(lay: Layout) -> None:
-    """Stop what our pid files name (Kafka first: it has the longer shutdown)."""
-    for name, pid_file, ours, grace in (
-        ("kafka", lay.kafka_pid, _is_our_kafka, 30.0),
-        ("redis", lay.redis_pid, _is_our_redis, 15.0),
-    ):
-        pid = _read_pid(pid_file)
-        if pid is None:
-            print(f"{name}: not running (no pid file)")
-            continue
-        if _alive(pid) and ours(pid, lay):
-            started = time.monotonic()
-            _stop(pid, name, grace_s=grace)
-            print(f"{name}: stopped pid {pid} ({time.monotonic() - started:.1f}s)")
-        else:
-            print(f"{name}: pid {pid} already gone; removing its pid file")
-        pid_file.unlink(missing_ok=True)
-
-
-def status(lay: Layout) -> bool:
-    ok = True
-    for name, pid_file, port, probe in (
-        ("kafka", lay.kafka_pid, lay.kafka_port, kafka_answers),
-        ("redis", lay.redis_pid, lay.redis_port, redis_answers),
-    ):
-        pid = _read_pid(pid_file)
-        answers = probe(port)
-        ok = ok and answers
-        print(
-            f"{name}: 127.0.0.1:{port} {'answers' if answers else 'DOWN'}; "
-            f"pid file: {pid if pid is not None else 'none'}"
-        )
-    print(f"logs: {lay.log}")
-    return ok
 
 
 @contextlib.contextmanager
@@ -583,21 +554,24 @@ def main(argv: list[str] | None = None) -> int:
         controller_port=args.controller_port,
         redis_port=args.redis_port,
     )
+    kafka, redis_ = kafka_service(lay), redis_service(lay)
     try:
         with _locked(lay):
+            if args.command == "down":
+                down([kafka, redis_])  # Kafka first: it has the longer shutdown
+                return 0
             if args.command == "up":
-                redis_up(lay, args.timeout)
-                kafka_up(lay, args.timeout)
-                print(f"logs: {lay.log}")
-            elif args.command == "down":
-                down(lay)
+                for svc in (redis_, kafka):
+                    bring_up(svc, args.timeout)
+                ok = True
             else:
-                return 0 if status(lay) else 1
+                ok = status([kafka, redis_])
+            print(f"logs: {lay.log}")
+            return 0 if ok else 1
     except ServiceError as exc:
         print(f"services {args.command} failed: {exc}", file=sys.stderr)
         print(f"logs: {lay.log}", file=sys.stderr)
         return 1
-    return 0
 
 
 if __name__ == "__main__":

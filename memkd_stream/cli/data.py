@@ -14,10 +14,13 @@ from typing import Any
 
 from rich.console import Console
 
-from memkd_stream.cli.main import Context
+from memkd_stream.cli.main import Context, whole_number
 from memkd_stream.cli.output import Output
 
 __all__ = ["register"]
+
+_COUNT = whole_number(0)
+_SIZE = whole_number(64)  # what the generator needs
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -42,39 +45,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument(
-        "--n-train", type=_count_arg, metavar="N", help="good training images per category (60)"
+        "--n-train", type=_COUNT, metavar="N", help="good training images per category (60)"
     )
     p.add_argument(
-        "--n-test-good", type=_count_arg, metavar="N", help="good test images per category (12)"
+        "--n-test-good", type=_COUNT, metavar="N", help="good test images per category (12)"
     )
     p.add_argument(
-        "--n-test-bad", type=_count_arg, metavar="N", help="defective test images per category (24)"
+        "--n-test-bad", type=_COUNT, metavar="N", help="defective test images per category (24)"
     )
-    p.add_argument("--size", type=_size_arg, metavar="PX", help="image side in pixels (256)")
+    p.add_argument("--size", type=_SIZE, metavar="PX", help="image side in pixels (256)")
     p.add_argument("--overwrite", action="store_true", help="replace existing category folders")
     p.set_defaults(handler=_synth)
-
-
-def _count_arg(text: str) -> int:
-    """argparse type: an image count (0 or more), so a bad one is a usage error, not a crash."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 0")
-    return value
-
-
-def _size_arg(text: str) -> int:
-    """argparse type: an image side of at least 64 pixels (what the generator needs)."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 64:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 64")
-    return value
 
 
 def _synth(ctx: Context) -> int:

@@ -26,13 +26,14 @@ from memkd_stream.cli.inputs import (
     resolve_dataset,
     torch_device,
 )
-from memkd_stream.cli.main import Context, line_arg
+from memkd_stream.cli.main import Context, line_arg, whole_number
 from memkd_stream.cli.output import Output
 from memkd_stream.errors import MemkdStreamError
 
 __all__ = ["register"]
 
 MIN_TRAIN_IMAGES = 8
+_POSITIVE = whole_number(1)
 SHOWN_UNREADABLE = 20
 
 
@@ -63,10 +64,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--roi", type=parse_roi, metavar="X,Y,W,H", help="crop box in image pixels")
     schedule = p.add_mutually_exclusive_group()
-    schedule.add_argument("--steps", type=_positive, metavar="N", help="optimiser steps")
-    schedule.add_argument("--epochs", type=_positive, metavar="N", help="passes over the images")
-    p.add_argument("--batch-size", type=_positive, default=16, metavar="N", help="default 16")
-    p.add_argument("--input-size", type=_positive, default=256, metavar="PX", help="default 256")
+    schedule.add_argument("--steps", type=_POSITIVE, metavar="N", help="optimiser steps")
+    schedule.add_argument("--epochs", type=_POSITIVE, metavar="N", help="passes over the images")
+    p.add_argument("--batch-size", type=_POSITIVE, default=16, metavar="N", help="default 16")
+    p.add_argument("--input-size", type=_POSITIVE, default=256, metavar="PX", help="default 256")
     p.add_argument("--seed", type=int, default=0, help="default 0")
     p.add_argument("--device", help="cpu, cuda, cuda:N (default: settings model.device)")
     p.add_argument(
@@ -84,19 +85,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-publish", action="store_true", help="only write the artifact file")
     p.add_argument(
         "--min-images",
-        type=_positive,
+        type=_POSITIVE,
         default=MIN_TRAIN_IMAGES,
         metavar="N",
         help=f"fewest readable good images to train on (default {MIN_TRAIN_IMAGES})",
     )
     p.set_defaults(handler=_fit)
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
-    return value
 
 
 def _fit(ctx: Context) -> int:

@@ -13,7 +13,7 @@ from typing import Any
 
 from rich.console import Console
 
-from memkd_stream.cli.main import Context, line_arg
+from memkd_stream.cli.main import Context, line_arg, whole_number
 from memkd_stream.cli.output import Output, human_bytes
 
 __all__ = ["record_summary", "register"]
@@ -30,6 +30,8 @@ examples:
 """
 
 _LINE_HELP = "line id, e.g. A or press-3"
+# Version numbers start at 1, so anything else is a usage error, not a Redis round trip.
+_VERSION = whole_number(1, "a version number (1, 2, ...)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -60,7 +62,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = action("activate", "make VERSION the one workers serve (they swap between batches)")
     p.add_argument("line", type=line_arg, metavar="LINE", help=_LINE_HELP)
-    p.add_argument("version", type=_version_arg, metavar="VERSION", help="a stored version number")
+    p.add_argument("version", type=_VERSION, metavar="VERSION", help="a stored version number")
     p.set_defaults(handler=_activate)
 
     p = action("rollback", "activate the version that was active before the current one")
@@ -69,7 +71,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = action("delete", "delete one version (never the active one)")
     p.add_argument("line", type=line_arg, metavar="LINE", help=_LINE_HELP)
-    p.add_argument("version", type=_version_arg, metavar="VERSION", help="a stored version number")
+    p.add_argument("version", type=_VERSION, metavar="VERSION", help="a stored version number")
     p.set_defaults(handler=_delete)
 
     p = action("publish", "upload an artifact file as the line's next version")
@@ -81,21 +83,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = action("export", "write a version's artifact to a file (sha256-checked)")
     p.add_argument("line", type=line_arg, metavar="LINE", help=_LINE_HELP)
     p.add_argument(
-        "--version", type=_version_arg, metavar="VERSION", help="default: the active version"
+        "--version", type=_VERSION, metavar="VERSION", help="default: the active version"
     )
     p.add_argument("--out", type=Path, required=True, metavar="FILE", help="file to write")
     p.set_defaults(handler=_export)
-
-
-def _version_arg(text: str) -> int:
-    """argparse type: version numbers start at 1, so anything else is a usage error (exit 2)."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a version number (1, 2, ...)")
-    return value
 
 
 def record_summary(record: dict[str, Any]) -> dict[str, Any]:

@@ -33,7 +33,15 @@ if TYPE_CHECKING:
     from memkd_stream.lines.store import LineStore
     from memkd_stream.settings import Settings
 
-__all__ = ["CommandParser", "Context", "UsageError", "build_parser", "line_arg", "main"]
+__all__ = [
+    "CommandParser",
+    "Context",
+    "UsageError",
+    "build_parser",
+    "line_arg",
+    "main",
+    "whole_number",
+]
 
 PROG = "memkd-stream"
 _COMMAND_MODULES = ("data", "fit", "eval", "lines")
@@ -104,6 +112,23 @@ def plain_text(docstring: str) -> str:
     """A module docstring as --help text: reST roles and literal quotes removed."""
     text = re.sub(r":\w+:`~?(?:[\w.]+\.)?([\w]+)`", r"\1", docstring)
     return text.replace("``", "").strip()
+
+
+def whole_number(minimum: int, meaning: str = "") -> Callable[[str], int]:
+    """argparse type: an integer >= ``minimum``; anything else is a usage error (exit 2) that
+    says what was expected (``meaning``, default "a whole number >= minimum")."""
+    expected = meaning or f"a whole number >= {minimum}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {expected}")
+        return value
+
+    return parse
 
 
 def line_arg(text: str) -> str:

@@ -165,12 +165,6 @@ class LineStore:
         with self._guard():
             return sorted(_text(m) or "" for m in self._r.smembers(f"{self._prefix}lines"))
 
-    def has_line(self, line: str) -> bool:
-        """Whether ``line`` has ever been published."""
-        validate_line_id(line)
-        with self._guard():
-            return bool(self._r.sismember(f"{self._prefix}lines", line))
-
     def current(self, line: str) -> int | None:
         """The active version, or None (unknown line, or nothing activated yet)."""
         validate_line_id(line)

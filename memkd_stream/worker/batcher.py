@@ -96,16 +96,3 @@ class MicroBatcher(Generic[T]):
         if not self._open:
             return None
         return min(b.first_at for b in self._open.values()) + self.max_wait_s
-
-    def discard(self, keep: Callable[[T], bool]) -> list[T]:
-        """Remove items for which ``keep`` is False (abandoned partitions); returns them."""
-        dropped: list[T] = []
-        for group in (self._full, list(self._open.values())):
-            for batch in group:
-                kept = [item for item in batch.items if keep(item)]
-                dropped.extend(item for item in batch.items if not keep(item))
-                batch.items[:] = kept
-        self._full = [b for b in self._full if b.items]
-        self._open = {k: b for k, b in self._open.items() if b.items}
-        self._count -= len(dropped)
-        return dropped

@@ -93,7 +93,6 @@ class ConsumerLoop:
             key=record.key,
             value=record.value,
             headers=headers,
-            received_mono=time.monotonic(),
         )
         try:
             item.request = parse_request(

@@ -170,11 +170,6 @@ class Engine:
         with self._lock:
             return {line: loaded.version for line, loaded in self._cache.items()}
 
-    @property
-    def cached_bytes(self) -> int:
-        with self._lock:
-            return sum(loaded.nbytes for loaded in self._cache.values())
-
     def _line_lock(self, line: str) -> threading.Lock:
         with self._lock:
             return self._line_locks.setdefault(line, threading.Lock())

@@ -40,10 +40,6 @@ class Heartbeats:
             _, limit = self._beats.get(name, (0.0, 60.0))
             self._beats[name] = (self._clock(), limit)
 
-    def unregister(self, name: str) -> None:
-        with self._lock:
-            self._beats.pop(name, None)
-
     def stale(self) -> dict[str, float]:
         """Loops past their limit, with seconds since their last beat."""
         now = self._clock()

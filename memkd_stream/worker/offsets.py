@@ -113,12 +113,6 @@ class OffsetTracker(Generic[P]):
                 if log is not None:
                     log.committed = offset
 
-    def position(self, partition: P) -> int | None:
-        """Offset after the acked prefix of ``partition`` (None if nothing finished yet)."""
-        with self._lock:
-            log = self._logs.get(partition)
-            return None if log is None else log.done_through
-
     def pending(self, partitions: Iterable[P] | None = None) -> int:
         """Dispatched but not yet acked records, over all partitions or the given ones."""
         with self._lock:

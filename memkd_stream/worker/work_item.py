@@ -37,7 +37,6 @@ class WorkItem:
     request: Request | None = None
     loaded: LoadedLine | None = None
     decoded: DecodedImage | None = None
-    received_mono: float = 0.0
     decoded_mono: float = 0.0
     decode_s: float = 0.0
     retry: bool = False

@@ -10,7 +10,6 @@ good ones it rejects.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -91,9 +90,6 @@ class EvalReport:
         if with_images:
             out["images"] = [asdict(r) for r in self.records]
         return out
-
-    def to_json(self, indent: int | None = 2, with_images: bool = True) -> str:
-        return json.dumps(self.to_dict(with_images), indent=indent, allow_nan=False)
 
 
 def evaluate(

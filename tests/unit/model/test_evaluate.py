@@ -100,10 +100,10 @@ def test_report_json_and_table(tmp_path: Path) -> None:
     plate = read_mvtec_category(_category(tmp_path / "plate"))
     only_good = read_mvtec_category(_category(tmp_path / "blank", n_bad=0))
     reports = [evaluate(BrightnessModel(), None, c) for c in (plate, only_good)]  # type: ignore[arg-type]
-    data = json.loads(reports[1].to_json())
+    data = json.loads(json.dumps(reports[1].to_dict(), allow_nan=False))
     assert data["metrics"] == {"image_auroc": None, "pixel_auroc": None, "aupro": None}
     assert data["n_bad"] == 0 and len(data["images"]) == 3
-    first = json.loads(reports[0].to_json())
+    first = json.loads(json.dumps(reports[0].to_dict(), allow_nan=False))
     assert first["images"][0].keys() == {"path", "defect", "label", "score", "flagged"}
     assert "images" not in reports[0].to_dict(with_images=False)
     table = format_report_table(reports)
@@ -139,6 +139,6 @@ def test_evaluate_a_real_line_model(tmp_path: Path, lite0: Teacher) -> None:
         assert 0.0 <= report.metrics[name] <= 1.0 and not math.isnan(report.metrics[name])
     np.testing.assert_allclose(report.scores, report.maps.max(axis=(1, 2)), rtol=1e-5)
     assert set(report.per_defect) == set(category.defects)
-    assert json.loads(report.to_json(with_images=False))["threshold"] == pytest.approx(
+    assert report.to_dict(with_images=False)["threshold"] == pytest.approx(
         model.calibration.threshold
     )

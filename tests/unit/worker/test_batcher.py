@@ -63,17 +63,6 @@ def test_full_group_restarts_a_new_batch() -> None:
     assert len(b) == 0
 
 
-def test_discard_removes_matching_items() -> None:
-    b: MicroBatcher[int] = MicroBatcher(max_batch=3, max_wait_s=1.0)
-    for i in range(7):
-        b.add("A" if i % 2 else "B", i, now=0.0)
-    dropped = b.discard(lambda x: x < 4)
-    assert sorted(dropped) == [4, 5, 6]
-    assert len(b) == 4
-    got = sorted(i for batch in b.pop_all() for i in batch.items)
-    assert got == [0, 1, 2, 3]
-
-
 def test_no_item_lost_or_duplicated_random() -> None:
     rng = random.Random(0)
     b: MicroBatcher[int] = MicroBatcher(max_batch=5, max_wait_s=0.03)

@@ -1,4 +1,4 @@
-"""WorkerMetrics samples and the /metrics, /healthz, /readyz endpoints (DESIGN.md §6)."""
+"""The /metrics, /healthz and /readyz endpoints (DESIGN.md §6)."""
 
 from __future__ import annotations
 
@@ -18,46 +18,6 @@ def _get(port: int, path: str) -> tuple[int, str]:
             return resp.status, resp.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode()
-
-
-def test_metrics_hooks_record_samples() -> None:
-    m = WorkerMetrics()
-    m.record_in(3)
-    m.scored("A", 7, 0.4, anomalous=True)
-    m.scored("A", 7, 0.1, anomalous=False)
-    m.result_acked("A", 0.05)
-    m.dead_lettered("decode-error")
-    m.batch(4, 0.2)
-    m.cache_hit("A")
-    m.cache_miss("A")
-    m.swap("A", 8)
-    m.swap_failed("A")
-    m.lag("t", 0, 12)
-    m.stage("decode", 0.01)
-    val = m.registry.get_sample_value
-    assert val("memkd_records_in_total") == 3
-    assert val("memkd_line_images_total", {"line": "A"}) == 2
-    assert val("memkd_line_anomalies_total", {"line": "A"}) == 1
-    assert val("memkd_results_total", {"line": "A"}) == 1
-    assert val("memkd_dead_letters_total", {"code": "decode-error"}) == 1
-    assert val("memkd_batch_size_count") == 1
-    assert val("memkd_line_cache_hits_total", {"line": "A"}) == 1
-    assert val("memkd_line_cache_misses_total", {"line": "A"}) == 1
-    assert val("memkd_line_swaps_total", {"line": "A"}) == 1
-    assert val("memkd_line_swap_failures_total", {"line": "A"}) == 1
-    assert val("memkd_model_version", {"line": "A"}) == 8
-    assert val("memkd_consumer_lag", {"topic": "t", "partition": "0"}) == 12
-    assert val("memkd_line_score_count", {"line": "A"}) == 2
-    assert val("memkd_stage_seconds_count", {"stage": "decode"}) == 1
-    m.drop_lag("t", 0)
-    m.drop_lag("t", 0)  # twice is fine
-    assert val("memkd_consumer_lag", {"topic": "t", "partition": "0"}) is None
-
-
-def test_two_metrics_objects_do_not_collide() -> None:
-    a, b = WorkerMetrics(), WorkerMetrics()
-    a.record_in()
-    assert b.registry.get_sample_value("memkd_records_in_total") == 0
 
 
 class _Clock:

@@ -1,0 +1,42 @@
+"""The codes scripts and orchestrators rely on: exit statuses and error codes never drift."""
+
+from __future__ import annotations
+
+import pytest
+
+from memkd_stream.errors import ErrorCode, ExitCode, MemkdStreamError
+from memkd_stream.lines.errors import UnknownLine
+
+
+def test_exit_codes_are_the_documented_ones() -> None:
+    """README.md's table: Kubernetes and scripts branch on these numbers."""
+    assert {code.name: int(code) for code in ExitCode} == {
+        "OK": 0,
+        "FAILED": 1,
+        "USAGE": 2,
+        "BROKER_UNREACHABLE": 3,
+        "INTERRUPTED": 130,
+    }
+
+
+def test_error_codes_are_unique_kebab_case() -> None:
+    values = [code.value for code in ErrorCode]
+    assert len(values) == len(set(values))
+    assert all(v == v.lower() and " " not in v and "_" not in v for v in values)
+
+
+def test_an_error_carries_its_class_code_or_the_one_given() -> None:
+    assert UnknownLine("line A is not known").code == ErrorCode.UNKNOWN_LINE == "unknown-line"
+    given = MemkdStreamError("Redis refused", code=ErrorCode.REDIS_UNAVAILABLE)
+    assert given.code == "redis-unavailable" and given.message == "Redis refused"
+    assert repr(given) == "MemkdStreamError(code='redis-unavailable', message='Redis refused')"
+
+
+def test_both_error_bases_take_the_same_arguments() -> None:
+    from memkd.errors import MemKDError
+
+    for base in (MemKDError, MemkdStreamError):
+        error = base("what to do", code="some-code")
+        assert (str(error), error.code, error.message) == ("what to do", "some-code", "what to do")
+        with pytest.raises(TypeError):
+            base("message", "positional-code")  # type: ignore[misc]

@@ -7,7 +7,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from deploy_checks import K8S_DIR, Manifest, load_templates, render_k8s_dir
+
+from tests.unit.deploy.deploy_checks import K8S_DIR, Manifest, load_templates, render_k8s_dir
 
 
 @pytest.fixture(autouse=True)

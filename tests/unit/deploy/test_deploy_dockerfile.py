@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from deploy_checks import K8S_DIR, REPO_ROOT
+
+from tests.unit.deploy.deploy_checks import K8S_DIR, REPO_ROOT
 
 DOCKERFILE = REPO_ROOT / "Dockerfile"
 DOCKERIGNORE = REPO_ROOT / ".dockerignore"

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from deploy_checks import (
+
+from tests.unit.deploy.deploy_checks import (
     CRD_SCHEMAS,
     K8S_DIR,
     TEMPLATES,

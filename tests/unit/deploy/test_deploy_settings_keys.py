@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from deploy_checks import REPO_ROOT
 from pydantic import BaseModel, SecretStr
 
 from memkd_stream.settings import Settings, load_settings
+from tests.unit.deploy.deploy_checks import REPO_ROOT
 
 PREFIX = "MEMKD_"
 Find = Callable[..., dict[str, Any]]

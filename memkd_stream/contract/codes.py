@@ -20,3 +20,6 @@ class DeadLetterCode(StrEnum):
     LINE_UNAVAILABLE = "line-unavailable"
     BAD_HEADER = "bad-header"
     MODEL_ERROR = "model-error"
+    # The Kafka client could not parse the record (a compression codec it lacks, a corrupt
+    # batch, a header name that is not UTF-8); its key, value and headers are not recovered.
+    UNREADABLE_RECORD = "unreadable-record"

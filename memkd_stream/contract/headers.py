@@ -10,7 +10,9 @@ __all__ = [
     "DLQ_HEADERS",
     "HEADER_ERROR",
     "HEADER_ERROR_DETAIL",
+    "HEADER_HEADERS_DROPPED",
     "HEADER_ID",
+    "HEADER_KEY_DROPPED",
     "HEADER_SENT_AT",
     "HEADER_SOURCE",
     "HEADER_TRACEPARENT",
@@ -34,7 +36,17 @@ HEADER_ERROR = "memkd-error"
 HEADER_ERROR_DETAIL = "memkd-error-detail"
 HEADER_SOURCE = "memkd-source"
 HEADER_VALUE_DROPPED = "memkd-value-dropped"
-DLQ_HEADERS = (HEADER_ERROR, HEADER_ERROR_DETAIL, HEADER_SOURCE, HEADER_VALUE_DROPPED)
+HEADER_KEY_DROPPED = "memkd-key-dropped"
+# on results and dead letters: the bytes of sender headers left out to fit the size limit
+HEADER_HEADERS_DROPPED = "memkd-headers-dropped"
+DLQ_HEADERS = (
+    HEADER_ERROR,
+    HEADER_ERROR_DETAIL,
+    HEADER_SOURCE,
+    HEADER_VALUE_DROPPED,
+    HEADER_KEY_DROPPED,
+    HEADER_HEADERS_DROPPED,
+)
 
 MAX_ID_BYTES = 256
 # A detail is for a human reading the DLQ; cap it so a pathological message cannot bloat records.

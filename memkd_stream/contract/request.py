@@ -1,21 +1,29 @@
 """Requests: one consumed record turned into a validated ``Request`` (DESIGN.md §3).
 
-Key = the line id; value = the encoded image; headers ``memkd-id``, ``memkd-sent-at`` and
-``traceparent`` are known (names matched case-insensitively), and a malformed or repeated known
-header is ``bad-header``. Every other header is kept in order and passed through unchanged.
+Key = the line id; value = the encoded image. Of the known headers (names matched
+case-insensitively) only ``memkd-id`` can cost an inspection: a malformed or repeated one is
+``bad-header``, because the id is how a result is joined back to its image. The optional
+metadata never does: a ``traceparent`` or ``memkd-sent-at`` that is malformed or repeated is
+passed through unchanged and otherwise ignored (W3C trace context says a malformed traceparent is
+ignored; a time that cannot be read falls back to the record's timestamp), and is listed in
+``Request.ignored_headers`` so the worker can warn and count. Every other header is kept in
+order and passed through unchanged.
 """
 
 from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from memkd_stream.contract.codes import DeadLetterCode
 from memkd_stream.contract.errors import BadLineId, BadRequest
 from memkd_stream.contract.headers import (
     HEADER_ID,
     HEADER_SENT_AT,
+    HEADER_TRACEPARENT,
     KNOWN_REQUEST_HEADERS,
     MAX_ID_BYTES,
     Headers,
@@ -23,6 +31,8 @@ from memkd_stream.contract.headers import (
 from memkd_stream.contract.line_id import validate_line_id
 
 __all__ = ["Request", "Source", "parse_request"]
+
+T = TypeVar("T")
 
 _SENT_AT_RE = re.compile(r"[0-9]{1,16}")
 # W3C Trace Context level 1: version-traceid-parentid-flags, lowercase hex. Future versions may
@@ -50,7 +60,9 @@ class Request:
     """A validated inspection request.
 
     ``received_at`` is wall-clock seconds since the epoch when the record was parsed (comparable
-    with ``sent_at_ms``); ``headers_passthrough`` are the unknown headers, in record order.
+    with ``sent_at_ms``); ``headers_passthrough`` are the headers passed on unchanged, in record
+    order (unknown ones and ignored optional ones); ``ignored_headers`` names the optional known
+    headers that were malformed or repeated; ``timestamp_ms`` is the record's own timestamp.
     """
 
     line: str
@@ -61,6 +73,17 @@ class Request:
     traceparent: str | None
     source: Source
     received_at: float
+    ignored_headers: tuple[str, ...] = ()
+    timestamp_ms: int | None = None
+
+    @property
+    def sent_at_s(self) -> float:
+        """When the image was sent: ``memkd-sent-at``, else the record timestamp, else receipt."""
+        if self.sent_at_ms is not None:
+            return self.sent_at_ms / 1000.0
+        if self.timestamp_ms is not None and self.timestamp_ms > 0:
+            return self.timestamp_ms / 1000.0
+        return self.received_at
 
 
 def _bad_header(detail: str) -> BadRequest:
@@ -90,17 +113,14 @@ def _parse_id(raw: bytes) -> str:
     return text
 
 
-def _parse_sent_at(raw: bytes) -> int:
+def _parse_sent_at(raw: bytes) -> int | None:
+    """Milliseconds since the epoch as a decimal integer, else None."""
     text = raw.decode("ascii", errors="replace").strip()
-    if not _SENT_AT_RE.fullmatch(text):
-        raise _bad_header(
-            f"header {HEADER_SENT_AT!r} must be milliseconds since the epoch as a decimal "
-            f"integer, got {text[:40]!r}"
-        )
-    return int(text)
+    return int(text) if _SENT_AT_RE.fullmatch(text) else None
 
 
-def _parse_traceparent(raw: bytes) -> str:
+def _parse_traceparent(raw: bytes) -> str | None:
+    """W3C trace context (version-traceid-parentid-flags), else None."""
     text = raw.decode("ascii", errors="replace").strip()
     match = _TRACEPARENT_RE.fullmatch(text)
     valid = (
@@ -110,12 +130,7 @@ def _parse_traceparent(raw: bytes) -> str:
         and match["parent"] != "0" * 16
         and not (match["version"] == "00" and match["rest"])
     )
-    if not valid:
-        raise _bad_header(
-            "header 'traceparent' is not W3C trace context "
-            f"(version-traceid-parentid-flags), got {text[:80]!r}"
-        )
-    return text
+    return text if valid else None
 
 
 def parse_request(
@@ -127,12 +142,13 @@ def parse_request(
     headers: Headers | None,
     *,
     received_at: float | None = None,
+    timestamp_ms: int | None = None,
 ) -> Request:
     """Validate one consumed record and return it as a ``Request``.
 
     Raises:
-        BadRequest: ``bad-header`` for a missing/invalid key or a malformed known header,
-            ``decode-error`` for an empty value.
+        BadRequest: ``bad-header`` for a missing/invalid key or a malformed or repeated
+            ``memkd-id``, ``decode-error`` for an empty value.
     """
     source = Source(topic, partition, offset)
     if key is None:
@@ -145,25 +161,26 @@ def parse_request(
         raise _bad_header(f"the record key is not a valid line id: {exc}") from None
 
     request_id: str | None = None
-    sent_at_ms: int | None = None
-    traceparent: str | None = None
-    seen: set[str] = set()
-    passthrough: Headers = []
-    for name, raw in headers or ():
-        raw_bytes = b"" if raw is None else bytes(raw)
-        known = _known(name)
-        if known is None:
-            passthrough.append((name, raw_bytes))
-            continue
-        if known in seen:
-            raise _bad_header(f"header {known!r} appears more than once")
-        seen.add(known)
-        if known == HEADER_ID:
-            request_id = _parse_id(raw_bytes)
-        elif known == HEADER_SENT_AT:
-            sent_at_ms = _parse_sent_at(raw_bytes)
-        else:
-            traceparent = _parse_traceparent(raw_bytes)
+    records = [(name, b"" if raw is None else bytes(raw)) for name, raw in headers or ()]
+    for name, raw in records:
+        if _known(name) == HEADER_ID:
+            if request_id is not None:
+                raise _bad_header(f"header {HEADER_ID!r} appears more than once")
+            request_id = _parse_id(raw)
+    sent_at_ms = _optional(records, HEADER_SENT_AT, _parse_sent_at)
+    traceparent = _optional(records, HEADER_TRACEPARENT, _parse_traceparent)
+    used = {HEADER_ID}
+    if sent_at_ms is not None:
+        used.add(HEADER_SENT_AT)
+    if traceparent is not None:
+        used.add(HEADER_TRACEPARENT)
+    # Everything not used is passed on unchanged, in record order.
+    passthrough = [(name, raw) for name, raw in records if _known(name) not in used]
+    ignored = tuple(
+        name
+        for name in (HEADER_SENT_AT, HEADER_TRACEPARENT)
+        if any(_known(n) == name for n, _ in passthrough)
+    )
 
     if not value:
         raise BadRequest(
@@ -179,4 +196,12 @@ def parse_request(
         traceparent=traceparent,
         source=source,
         received_at=time.time() if received_at is None else received_at,
+        ignored_headers=ignored,
+        timestamp_ms=timestamp_ms,
     )
+
+
+def _optional(records: Headers, name: str, parse: Callable[[bytes], T | None]) -> T | None:
+    """The value of an optional known header when it appears exactly once and parses."""
+    found = [raw for header, raw in records if _known(header) == name]
+    return parse(found[0]) if len(found) == 1 else None

@@ -1,8 +1,8 @@
 """Results: the JSON value and the Kafka headers of a result record (DESIGN.md §3).
 
 The JSON has exactly the keys of §3. The request's headers travel as the *Kafka headers of the
-result record*: the passed-through ones, then ``memkd-id`` (the effective id), ``memkd-sent-at``
-and ``traceparent`` when the request had them.
+result record*: the passed-through ones (as many as fit the size limit), then ``memkd-id`` (the
+effective id), ``memkd-sent-at`` and ``traceparent`` when the request had them.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import math
 
 from memkd_stream.contract.headers import HEADER_ID, HEADER_SENT_AT, HEADER_TRACEPARENT, Headers
 from memkd_stream.contract.request import Request
+from memkd_stream.contract.sizes import fit_headers, record_size
 
 __all__ = ["RESULT_SCHEMA", "encode_result", "result_headers"]
 
@@ -77,13 +78,24 @@ def encode_result(
     )
 
 
-def result_headers(request: Request) -> Headers:
+def result_headers(request: Request, key: bytes, value: bytes, max_record_bytes: int) -> Headers:
     """Kafka headers for the result record: the request's pass-through headers, then the known
-    ones (``memkd-id`` always, ``memkd-sent-at`` and ``traceparent`` when the request had them)."""
-    headers = list(request.headers_passthrough)
-    headers.append((HEADER_ID, request.id.encode("utf-8")))
+    ones (``memkd-id`` always, ``memkd-sent-at`` and ``traceparent`` when the request had them).
+
+    Pass-through headers that would push the record over ``max_record_bytes`` are left out,
+    largest first, and ``memkd-headers-dropped: <bytes>`` says so.
+
+    Raises:
+        ValueError: the result does not fit even without them (the caller dead-letters it).
+    """
+    known: Headers = [(HEADER_ID, request.id.encode("utf-8"))]
     if request.sent_at_ms is not None:
-        headers.append((HEADER_SENT_AT, str(request.sent_at_ms).encode("ascii")))
+        known.append((HEADER_SENT_AT, str(request.sent_at_ms).encode("ascii")))
     if request.traceparent is not None:
-        headers.append((HEADER_TRACEPARENT, request.traceparent.encode("ascii")))
-    return headers
+        known.append((HEADER_TRACEPARENT, request.traceparent.encode("ascii")))
+    if record_size(key, value, known) > max_record_bytes:
+        raise ValueError(
+            f"the result is {record_size(key, value, known)} bytes, over the "
+            f"{max_record_bytes}-byte limit (kafka.max_message_bytes)"
+        )
+    return fit_headers(key, value, list(request.headers_passthrough), known, max_record_bytes)

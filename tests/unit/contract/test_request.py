@@ -73,13 +73,20 @@ def test_bad_key_is_bad_header(key: bytes | None) -> None:
 
 
 @pytest.mark.parametrize(
+    "raw",
+    [b"", b"x" * 257, "é".encode() * 129, b"\xff", b"a\nb"],  # "é" * 129: 258 bytes
+)
+def test_malformed_memkd_id_is_bad_header(raw: bytes) -> None:
+    """The id joins a result to its image: a wrong one must not be guessed."""
+    with pytest.raises(BadRequest) as exc:
+        _parse(headers=[("memkd-id", raw)])
+    assert _code(exc) == "bad-header"
+    assert "memkd-id" in exc.value.message
+
+
+@pytest.mark.parametrize(
     ("name", "raw"),
     [
-        ("memkd-id", b""),
-        ("memkd-id", b"x" * 257),
-        ("memkd-id", "é".encode() * 129),  # 258 bytes, 129 characters
-        ("memkd-id", b"\xff"),
-        ("memkd-id", b"a\nb"),
         ("memkd-sent-at", b""),
         ("memkd-sent-at", b"12.5"),
         ("memkd-sent-at", b"-5"),
@@ -90,13 +97,34 @@ def test_bad_key_is_bad_header(key: bytes | None) -> None:
         ("traceparent", b"00-00000000000000000000000000000000-00f067aa0ba902b7-01"),
         ("traceparent", b"00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01"),
         ("traceparent", (TRACEPARENT + "-extra").encode()),  # version 00 has no extra fields
+        ("Traceparent", b"\xff\xfe"),
     ],
 )
-def test_malformed_known_header_is_bad_header(name: str, raw: bytes) -> None:
-    with pytest.raises(BadRequest) as exc:
-        _parse(headers=[(name, raw)])
-    assert _code(exc) == "bad-header"
-    assert name in exc.value.message
+def test_malformed_optional_metadata_is_passed_through_and_ignored(name: str, raw: bytes) -> None:
+    """W3C: a malformed traceparent is ignored; a bad send time falls back to the record's."""
+    request = _parse(headers=[("serial", b"1"), (name, raw), ("station", b"7")])
+    assert request.sent_at_ms is None and request.traceparent is None
+    assert request.headers_passthrough == [("serial", b"1"), (name, raw), ("station", b"7")]
+    assert request.ignored_headers == (name.lower(),)
+
+
+def test_repeated_optional_metadata_is_ignored_not_guessed() -> None:
+    headers = [("memkd-sent-at", b"1"), ("memkd-sent-at", b"2"), ("traceparent", TRACEPARENT)]
+    request = _parse(headers=[(n, v if isinstance(v, bytes) else v.encode()) for n, v in headers])
+    assert request.sent_at_ms is None and request.traceparent == TRACEPARENT
+    assert request.headers_passthrough == [("memkd-sent-at", b"1"), ("memkd-sent-at", b"2")]
+    assert request.ignored_headers == ("memkd-sent-at",)
+
+
+def test_send_time_falls_back_to_the_record_timestamp_then_receipt() -> None:
+    at = parse_request("t", 0, 1, b"A", b"v", [("memkd-sent-at", b"soon")], received_at=9.0)
+    assert at.sent_at_s == 9.0
+    stamped = parse_request("t", 0, 1, b"A", b"v", None, received_at=9.0, timestamp_ms=5000)
+    assert stamped.sent_at_s == 5.0
+    sent = parse_request(
+        "t", 0, 1, b"A", b"v", [("memkd-sent-at", b"7000")], received_at=9.0, timestamp_ms=5000
+    )
+    assert sent.sent_at_s == 7.0
 
 
 def test_id_of_exactly_256_bytes_is_accepted() -> None:
@@ -110,7 +138,7 @@ def test_future_traceparent_version_may_carry_more_fields() -> None:
     assert _parse(headers=[("traceparent", value.encode())]).traceparent == value
 
 
-def test_repeated_known_header_is_bad_header() -> None:
+def test_repeated_memkd_id_is_bad_header() -> None:
     with pytest.raises(BadRequest) as exc:
         _parse(headers=[("memkd-id", b"a"), ("memkd-id", b"b")])
     assert _code(exc) == "bad-header"

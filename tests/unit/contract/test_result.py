@@ -9,6 +9,7 @@ import pytest
 
 from memkd_stream.contract.request import Request, parse_request
 from memkd_stream.contract.result import encode_result, result_headers
+from memkd_stream.contract.sizes import record_size
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
@@ -99,10 +100,27 @@ def test_result_headers_pass_request_headers_through() -> None:
             ("traceparent", TRACEPARENT.encode()),
         ]
     )
-    assert result_headers(request) == [
+    assert result_headers(request, b"A", b"{}", 1 << 20) == [
         ("serial", b"SN-1"),
         ("memkd-id", b"memkd.inspect:3:42"),
         ("memkd-sent-at", b"1700000000123"),
         ("traceparent", TRACEPARENT.encode()),
     ]
-    assert result_headers(_parse()) == [("memkd-id", b"memkd.inspect:3:42")]
+    assert result_headers(_parse(), b"A", b"{}", 1 << 20) == [("memkd-id", b"memkd.inspect:3:42")]
+
+
+def test_pass_through_headers_that_do_not_fit_are_left_out_and_said_so() -> None:
+    """A sender's 1 MiB of headers must not make a 1 MiB-limited result undeliverable."""
+    big, small = ("blob", b"x" * 600_000), ("serial", b"SN-1")
+    request = _parse(headers=[big, ("memkd-id", b"img-1"), small, ("blob2", b"y" * 600_000)])
+    value = b"{}" * 1000
+    headers = result_headers(request, b"A", value, 1 << 20)
+    assert headers[:2] == [small, ("memkd-id", b"img-1")] or headers[0] == big
+    assert headers[-1][0] == "memkd-headers-dropped"
+    assert record_size(b"A", value, headers) <= 1 << 20
+    assert ("memkd-id", b"img-1") in headers  # the join key always stays
+
+
+def test_a_result_that_cannot_fit_is_refused() -> None:
+    with pytest.raises(ValueError, match="limit"):
+        result_headers(_parse(), b"A", b"x" * 2000, 1000)

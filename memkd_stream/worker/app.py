@@ -11,6 +11,7 @@ from typing import Any
 from kafka import TopicPartition
 
 from memkd_stream.broker.clients import make_consumer, make_producer
+from memkd_stream.broker.errors import KafkaRefused, connect_failure
 from memkd_stream.errors import ExitCode
 from memkd_stream.log import get_logger
 from memkd_stream.settings import Settings
@@ -96,12 +97,18 @@ class Worker:
         try:
             self._start_clients()
         except Exception as exc:
+            self.pipeline.shutdown()
+            failure = connect_failure(
+                ctx.kafka.bootstrap_servers, ctx.kafka.unreachable_timeout_s, exc
+            )
+            if isinstance(failure, KafkaRefused):  # a restart cannot help: fix the settings
+                ctx.log.error(str(failure), code=failure.code)
+                return ExitCode.USAGE
             ctx.log.error(
                 "Kafka broker unreachable at start; exiting so the worker is restarted",
                 bootstrap=ctx.kafka.bootstrap_servers,
                 error=str(exc),
             )
-            self.pipeline.shutdown()
             return ExitCode.BROKER_UNREACHABLE
         self.pipeline.start()
         ctx.log.info(
@@ -175,6 +182,7 @@ class Worker:
             if self.tracker.wait_idle(waiting, 0.2):
                 break
         self.pipeline.shutdown()
+        self.sink.close()
         if state.producer is not None:
             try:
                 state.producer.flush(timeout=max(0.5, grace - (time.monotonic() - started) - 1.5))

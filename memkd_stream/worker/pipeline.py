@@ -227,70 +227,67 @@ class Pipeline:
             scored = self.publish_q.get()
             if scored is None:
                 break
-            try:
-                self._publish(scored)
-            except Exception as exc:
-                self.ctx.log.exception("publishing a batch failed", error=str(exc))
-                for it in scored.items:
+            for i, item in enumerate(scored.items):
+                # One output per record: a failure here is this record's dead letter alone,
+                # never a second output for records of the batch already sent.
+                try:
+                    self._publish_one(scored, i, item)
+                except ValueError as exc:  # e.g. a score that is not finite
                     self.sink.dead_letter(
-                        it, DeadLetterCode.MODEL_ERROR, f"result encoding failed: {exc}"
+                        item, DeadLetterCode.MODEL_ERROR, f"unusable model output: {exc}"
+                    )
+                except Exception as exc:
+                    self.ctx.log.exception("publishing a result failed", **log_fields(item))
+                    self.sink.dead_letter(
+                        item,
+                        DeadLetterCode.MODEL_ERROR,
+                        f"the result could not be encoded: {type(exc).__name__}: {exc}",
                     )
 
-    def _publish(self, scored: ScoredBatch) -> None:
+    def _publish_one(self, scored: ScoredBatch, i: int, item: WorkItem) -> None:
+        """Render, encode and send the result of the ``i``-th item of ``scored``.
+
+        Raises:
+            ValueError: the model's output cannot be a result (a score that is not finite).
+        """
         loaded = scored.loaded
         threshold = float(loaded.model.threshold)
-        n = len(scored.items)
-        for i, item in enumerate(scored.items):
-            request = _request(item)
-            decoded = _decoded(item)
-            t0 = time.perf_counter()
-            score = scored.scores[i]
-            try:
-                mask = render_mask(scored.maps[i], threshold)
-                png = encode_mask_png(mask)
-                now_wall = time.time()
-                value = encode_result(
-                    request,
-                    model_version=loaded.model_version,
-                    score=score,
-                    threshold=threshold,
-                    image_hw=(decoded.height, decoded.width),
-                    mask_png=png,
-                    mask_hw=(int(mask.shape[0]), int(mask.shape[1])),
-                    timing_ms={
-                        "queue": (scored.started_wall - request.received_at) * 1000.0,
-                        "infer": scored.forward_s * 1000.0,
-                        "total": (now_wall - request.received_at) * 1000.0,
-                    },
-                    worker=self.ctx.worker_id,
-                )
-            except ValueError as exc:
-                self.sink.dead_letter(
-                    item, DeadLetterCode.MODEL_ERROR, f"unusable model output: {exc}"
-                )
-                continue
-            metrics = self.ctx.metrics
-            metrics.stage("encode", time.perf_counter() - t0)
-            metrics.stage("batch_wait", scored.batch_wait_s[i])
-            metrics.stage("forward", scored.forward_s / n)
-            metrics.queued(scored.started_wall - request.received_at)
-            metrics.scored(loaded.line, loaded.version, score, score >= threshold)
-            self.sink.send(
-                self.ctx.kafka.results_topic,
-                item,
-                key=request.line.encode("utf-8"),
-                value=value,
-                headers=result_headers(request),
-                on_ack=self._result_acked,
-            )
+        request = _request(item)
+        decoded = _decoded(item)
+        t0 = time.perf_counter()
+        score = scored.scores[i]
+        mask = render_mask(scored.maps[i], threshold)
+        png = encode_mask_png(mask)
+        value = encode_result(
+            request,
+            model_version=loaded.model_version,
+            score=score,
+            threshold=threshold,
+            image_hw=(decoded.height, decoded.width),
+            mask_png=png,
+            mask_hw=(int(mask.shape[0]), int(mask.shape[1])),
+            timing_ms={
+                "queue": (scored.started_wall - request.received_at) * 1000.0,
+                "infer": scored.forward_s * 1000.0,
+                "total": (time.time() - request.received_at) * 1000.0,
+            },
+            worker=self.ctx.worker_id,
+        )
+        key = request.line.encode("utf-8")
+        headers = result_headers(request, key, value, self.sink.max_record_bytes)
+        metrics = self.ctx.metrics
+        metrics.stage("encode", time.perf_counter() - t0)
+        metrics.stage("batch_wait", scored.batch_wait_s[i])
+        metrics.stage("forward", scored.forward_s / len(scored.items))
+        metrics.queued(scored.started_wall - request.received_at)
+        metrics.scored(loaded.line, loaded.version, score, score >= threshold)
+        self.sink.result(item, key=key, value=value, headers=headers, on_ack=self._result_acked)
 
     def _result_acked(self, item: WorkItem, sent_perf: float) -> None:
         # producer IO thread (delivery callback)
         request = _request(item)
         self.ctx.metrics.stage("produce", time.perf_counter() - sent_perf)
-        now = time.time()
-        e2e = now - request.sent_at_ms / 1000.0 if request.sent_at_ms else now - request.received_at
-        self.ctx.metrics.result_acked(request.line, e2e)
+        self.ctx.metrics.result_acked(request.line, time.time() - request.sent_at_s)
 
 
 # An item reaches each stage only after the previous one filled its field: these say so to the

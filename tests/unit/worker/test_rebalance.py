@@ -52,5 +52,5 @@ def test_late_result_of_a_revoked_partition_is_not_sent(worker: Worker) -> None:
     worker.rebalance.forget({TP0}, reason="revoked")
     sent = []
     worker.state.producer = SimpleNamespace(send=lambda *a, **k: sent.append(a))
-    worker.sink.send("out", item, key=b"A", value=b"{}", headers=[], on_ack=lambda *a: None)
+    worker.sink.result(item, key=b"A", value=b"{}", headers=[], on_ack=lambda *a: None)
     assert sent == []

@@ -40,6 +40,7 @@ from memkd.line_model import LineModel
 from memkd_stream.errors import ErrorCode, MemkdStreamError
 from memkd_stream.lines.errors import ChecksumMismatch, StoreUnavailable, UnknownLine
 from memkd_stream.log import get_logger
+from memkd_stream.worker.line_directory import LineDirectory
 from memkd_stream.worker.metrics import WorkerMetrics
 
 if TYPE_CHECKING:
@@ -56,6 +57,7 @@ __all__ = [
 ]
 
 _WRN50 = "wide_resnet50_2"
+_PUBLISH_HINT = "publish one with 'memkd-stream fit --line LINE' or 'memkd-stream lines publish'"
 # While Redis fails, cache misses fail fast between probes; the window doubles up to the bound.
 _STORE_RETRY_START_S = 1.0
 _STORE_RETRY_MAX_S = 10.0
@@ -130,6 +132,8 @@ class Engine:
         self.max_bytes = int(worker_settings.cache_max_bytes)
         self.store = store
         self.metrics = metrics if metrics is not None else WorkerMetrics()
+        self.directory = LineDirectory(store, worker_settings.unknown_line_ttl_s)
+        self.metrics.limit_lines_to(self.directory.knows)
         self.log = get_logger(__name__)
         self._lock = threading.Lock()
         self._cache: OrderedDict[str, LoadedLine] = OrderedDict()
@@ -260,6 +264,8 @@ class Engine:
         if loaded is not None:
             self.metrics.cache_hit(line)
             return loaded
+        if not self.directory.may_exist(line):  # no per-key state for invented keys
+            raise UnknownLine(f"line {line!r} does not exist in Redis; {_PUBLISH_HINT}")
         with self._line_lock(line):
             loaded = self._lookup(line)  # another thread may have loaded it while we waited
             if loaded is not None:
@@ -276,10 +282,7 @@ class Engine:
                     f"cannot read the active version of line {line!r}: {exc}"
                 ) from exc
             if version is None:
-                raise UnknownLine(
-                    f"line {line!r} has no active model; publish one with "
-                    f"'memkd-stream fit --line {line}' or 'memkd-stream lines publish'",
-                )
+                raise UnknownLine(f"line {line!r} has no active model; {_PUBLISH_HINT}")
             version = int(version)
             reason = self._refused.get(line, {}).get(version)
             if reason is not None:  # known-broken bytes: do not download them again
@@ -305,6 +308,10 @@ class Engine:
                 "line model loaded", line=line, version=loaded.version, nbytes=loaded.nbytes
             )
             return loaded
+
+    def line_activated(self, line: str) -> None:
+        """An activation event named ``line``: it exists now, whatever was answered before."""
+        self.directory.add(line)
 
     def swap(self, line: str, version: int) -> bool:
         """Load ``line@version`` in the caller's thread and swap it in if it loads.

@@ -168,6 +168,7 @@ class HotSwapper:
         except (TypeError, ValueError, KeyError) as exc:
             self.log.warning("ignored a malformed line event", error=str(exc))
             return
+        self.engine.line_activated(line)
         if line not in self.engine.held_lines():
             return
         # The event says which version was activated, but events can arrive late or be missed:
@@ -175,7 +176,8 @@ class HotSwapper:
         self._sync_line(line)
 
     def reconcile(self) -> None:
-        """Re-read ``current`` of every held line and swap those that changed."""
+        """Re-read the set of lines and ``current`` of every held line; swap those that changed."""
+        self.engine.directory.refresh()
         for line in sorted(self.engine.held_lines()):
             if self._stop.is_set():
                 return

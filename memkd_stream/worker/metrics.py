@@ -13,10 +13,16 @@ The engine and hot swapper call the line-cache hooks (``cache_hit``, ``cache_mis
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-__all__ = ["STAGES", "WorkerMetrics"]
+__all__ = ["OTHER_LINES", "STAGES", "WorkerMetrics"]
+
+# The label value of every line id that does not exist in Redis: a sender invents keys freely,
+# and one series per invented key would grow /metrics without bound. No line id can be this
+# (line ids start with a letter or digit).
+OTHER_LINES = "_other"
 
 # The time split the bench reports and the worker measures per record.
 STAGES = ("decode", "batch_wait", "forward", "encode", "produce")
@@ -33,6 +39,7 @@ class WorkerMetrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
+        self._line_exists: Callable[[str], bool] = lambda _line: True
         r = self.registry
         self.records_in = Counter(
             "memkd_records_in", "Request records consumed from the inspect topic", registry=r
@@ -44,6 +51,13 @@ class WorkerMetrics:
             "memkd_dead_letters",
             "Dead-letter records acknowledged, by error code",
             ["code"],
+            registry=r,
+        )
+        self.headers_ignored = Counter(
+            "memkd_headers_ignored",
+            "Optional request headers (memkd-sent-at, traceparent) malformed or repeated, "
+            "passed through and ignored",
+            ["header"],
             registry=r,
         )
         self.batch_size = Histogram(
@@ -63,7 +77,7 @@ class WorkerMetrics:
         )
         self.end_to_end_seconds = Histogram(
             "memkd_end_to_end_seconds",
-            "From memkd-sent-at (or receipt when absent) to the result being acknowledged",
+            "From memkd-sent-at (else the record timestamp) to the result being acknowledged",
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
@@ -135,22 +149,29 @@ class WorkerMetrics:
             registry=r,
         )
 
+    def limit_lines_to(self, exists: Callable[[str], bool]) -> None:
+        """Label per line only the lines ``exists`` knows; all others count as ``_other``."""
+        self._line_exists = exists
+
+    def _line(self, line: str) -> str:
+        return line if self._line_exists(line) else OTHER_LINES
+
     # ------------------------------------------------------------ engine / hot swap hooks
     def cache_hit(self, line: str) -> None:
-        self.cache_hits.labels(line).inc()
+        self.cache_hits.labels(self._line(line)).inc()
 
     def cache_miss(self, line: str) -> None:
-        self.cache_misses.labels(line).inc()
+        self.cache_misses.labels(self._line(line)).inc()
 
     def swap(self, line: str, version: int) -> None:
-        self.swaps.labels(line).inc()
-        self.model_version.labels(line).set(version)
+        self.swaps.labels(self._line(line)).inc()
+        self.model_version.labels(self._line(line)).set(version)
 
     def swap_failed(self, line: str) -> None:
-        self.swap_failures.labels(line).inc()
+        self.swap_failures.labels(self._line(line)).inc()
 
     def version_served(self, line: str, version: int) -> None:
-        self.model_version.labels(line).set(version)
+        self.model_version.labels(self._line(line)).set(version)
 
     # ------------------------------------------------------------ worker hooks
     def record_in(self, n: int = 1) -> None:
@@ -158,16 +179,19 @@ class WorkerMetrics:
 
     def scored(self, line: str, version: int, score: float, anomalous: bool) -> None:
         """One image scored (counted when computed; delivery is counted by ``result_acked``)."""
-        self.line_images.labels(line).inc()
+        self.line_images.labels(self._line(line)).inc()
         if anomalous:
-            self.line_anomalies.labels(line).inc()
-        self.line_score.labels(line).observe(score)
-        self.model_version.labels(line).set(version)
+            self.line_anomalies.labels(self._line(line)).inc()
+        self.line_score.labels(self._line(line)).observe(score)
+        self.model_version.labels(self._line(line)).set(version)
 
     def result_acked(self, line: str, end_to_end_s: float | None) -> None:
-        self.results_out.labels(line).inc()
+        self.results_out.labels(self._line(line)).inc()
         if end_to_end_s is not None and end_to_end_s >= 0:
             self.end_to_end_seconds.observe(end_to_end_s)
+
+    def header_ignored(self, name: str) -> None:
+        self.headers_ignored.labels(name).inc()
 
     def dead_lettered(self, code: str) -> None:
         self.dead_letters.labels(code).inc()
@@ -190,4 +214,4 @@ class WorkerMetrics:
             self.consumer_lag.remove(topic, str(partition))
 
     def set_unavailable(self, line: str, unavailable: bool) -> None:
-        self.line_unavailable.labels(line).set(1 if unavailable else 0)
+        self.line_unavailable.labels(self._line(line)).set(1 if unavailable else 0)

@@ -18,10 +18,12 @@ from __future__ import annotations
 import json
 import re
 import socket
+import ssl
 import tomllib
 from contextvars import ContextVar
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -29,6 +31,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -42,7 +45,7 @@ from pydantic_settings import (
 
 from memkd_stream.contract.line_id import LINE_ID_RE
 from memkd_stream.errors import ErrorCode, MemkdStreamError
-from memkd_stream.log import redact_url
+from memkd_stream.log import redact_url, register_secret
 
 if TYPE_CHECKING:
     import redis
@@ -107,6 +110,10 @@ class KafkaSettings(_Group):
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
     ssl_password: SecretStr | None = None
+    # Compression of the results and dead letters the worker produces (any codec is read on the
+    # inspect topic). Masks are PNG already: lz4/snappy save nothing, zstd/gzip ~25 %
+    # (bench/result_compression.py), and every downstream consumer then needs the codec.
+    compression_type: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "none"
     request_timeout_ms: int = Field(30000, ge=1000)
     # Broker down longer than this -> the worker exits non-zero so that Kubernetes restarts it.
     unreachable_timeout_s: float = Field(60.0, gt=0)
@@ -127,6 +134,23 @@ class KafkaSettings(_Group):
                     f"sasl_username and sasl_password are required with {self.sasl_mechanism}"
                 )
         return self
+
+    @field_validator("ssl_cafile", "ssl_certfile", "ssl_keyfile")
+    @classmethod
+    def _tls_file_exists(cls, path: Path | None, info: ValidationInfo) -> Path | None:
+        """A missing CA or key file is a settings error now, not a failure at the first
+        connect (checked only where TLS is used: the file is read only then)."""
+        uses_tls = info.data.get("security_protocol") in ("SSL", "SASL_SSL")
+        if path is None or not uses_tls:
+            return path
+        if not path.is_file():
+            raise ValueError(f"{path} does not exist or is not a file")
+        if info.field_name == "ssl_cafile":
+            try:
+                ssl.create_default_context(cafile=str(path))
+            except (ssl.SSLError, OSError) as exc:
+                raise ValueError(f"{path} is not a readable PEM CA file ({exc})") from None
+        return path
 
     def client_kwargs(self) -> dict[str, Any]:
         """Bootstrap, client id, timeout and security kwargs common to kafka-python clients."""
@@ -227,6 +251,9 @@ class WorkerSettings(_Group):
     cache_max_models: int = Field(16, ge=1)
     cache_max_bytes: int = Field(2 * GiB, ge=1)
     line_unavailable_pause_s: float = Field(30, ge=0)
+    # How long "this line does not exist" is believed before the set of lines is read again
+    # (an activation event makes a new line known at once).
+    unknown_line_ttl_s: float = Field(10, gt=0)
     refresh_interval_s: float = Field(30, gt=0)
     drain_grace_s: float = Field(25, gt=0)
     rebalance_budget_s: float = Field(10, gt=0)
@@ -353,8 +380,22 @@ def load_settings(config_file: Path | None = None) -> Settings:
             raise SettingsError(f"--config {config_file}: not valid TOML: {exc}") from None
     token = _config_file.set(config_file)
     try:
-        return Settings()
+        settings = Settings()
     except ValidationError as exc:
         raise SettingsError(_describe(exc, config_file)) from None
     finally:
         _config_file.reset(token)
+    _register_secrets(settings)
+    return settings
+
+
+def _register_secrets(settings: Settings) -> None:
+    """Have logging mask every password these settings hold, wherever a library prints it."""
+    for secret in (
+        settings.kafka.sasl_password,
+        settings.kafka.ssl_password,
+        settings.redis.password,
+    ):
+        if secret is not None:
+            register_secret(secret.get_secret_value())
+    register_secret(urlsplit(settings.redis.url).password)

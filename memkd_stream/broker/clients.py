@@ -105,6 +105,7 @@ def make_producer(
         client_id=client_id or kafka.client_id,
         acks="all",
         enable_idempotence=True,
+        compression_type=None if kafka.compression_type == "none" else kafka.compression_type,
         max_request_size=int(kafka.max_message_bytes),
         linger_ms=2,
         # kafka-python requires delivery_timeout_ms >= linger_ms + request_timeout_ms

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from kafka import TopicPartition
 
 from memkd_stream.broker.clients import make_reader
-from memkd_stream.broker.errors import is_unreachable, unavailable
+from memkd_stream.broker.errors import connect_failure
 from memkd_stream.broker.topics import require_topic as _require_topic
 from memkd_stream.contract.headers import (
     HEADER_ERROR,
@@ -51,9 +51,12 @@ def read_results(
     try:
         consumer = make_reader(kafka, timeout_s=connect_timeout_s)
     except Exception as exc:
-        if connect_timeout_s is not None and is_unreachable(exc):
-            raise unavailable(kafka.bootstrap_servers, connect_timeout_s, exc) from exc
-        raise
+        if connect_timeout_s is None:
+            raise
+        failure = connect_failure(kafka.bootstrap_servers, connect_timeout_s, exc)
+        if failure is None:
+            raise
+        raise failure from exc
     out: list[dict[str, Any]] = []
     try:
         partitions = consumer.partitions_for_topic(topic) or set()

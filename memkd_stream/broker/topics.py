@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from kafka.errors import TopicAlreadyExistsError
 
 from memkd_stream.broker.clients import make_admin
-from memkd_stream.broker.errors import TopicMissing, is_unreachable, unavailable
+from memkd_stream.broker.errors import TopicMissing, connect_failure
 
 if TYPE_CHECKING:
     from memkd_stream.settings import KafkaSettings
@@ -39,15 +39,17 @@ def broker_topics(kafka: KafkaSettings, timeout_s: float) -> set[str]:
     try:
         admin = make_admin(kafka, client_id=f"{kafka.client_id}-cli", timeout_s=timeout_s)
     except Exception as exc:
-        if is_unreachable(exc):
-            raise unavailable(kafka.bootstrap_servers, timeout_s, exc) from exc
-        raise
+        failure = connect_failure(kafka.bootstrap_servers, timeout_s, exc)
+        if failure is None:
+            raise
+        raise failure from exc
     try:
         return set(admin.list_topics())
     except Exception as exc:
-        if is_unreachable(exc):
-            raise unavailable(kafka.bootstrap_servers, timeout_s, exc) from exc
-        raise
+        failure = connect_failure(kafka.bootstrap_servers, timeout_s, exc)
+        if failure is None:
+            raise
+        raise failure from exc
     finally:
         admin.close()
 

@@ -9,13 +9,12 @@ code 3) so that Kubernetes restarts the worker; nothing unacked is committed mea
 
 from __future__ import annotations
 
-import socket
 import time
 
 from kafka import TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
-from kafka.errors import KafkaError
 
+from memkd_stream.broker.probe import tcp_connect
 from memkd_stream.contract.codes import DeadLetterCode
 from memkd_stream.contract.errors import BadRequest
 from memkd_stream.contract.request import parse_request
@@ -25,7 +24,8 @@ from memkd_stream.worker.context import WorkerContext
 from memkd_stream.worker.flow_control import FlowControl
 from memkd_stream.worker.pipeline import Pipeline
 from memkd_stream.worker.sink import ResultSink
-from memkd_stream.worker.work_item import WorkItem
+from memkd_stream.worker.unreadable import UnreadableRecords, is_unreadable_record
+from memkd_stream.worker.work_item import WorkItem, log_fields
 
 __all__ = ["COMMIT_INTERVAL_S", "PROBE_INTERVAL_S", "ConsumerLoop"]
 
@@ -54,6 +54,7 @@ class ConsumerLoop:
         self.sink = sink
         self.committer = committer
         self.next_offset: dict[TopicPartition, int] = {}
+        self.unreadable = UnreadableRecords(ctx, sink, self.next_offset)
         self.broker_ok = False
         self.broker_ok_at = time.monotonic()
 
@@ -66,9 +67,16 @@ class ConsumerLoop:
             self.flow.update_pauses()
             try:
                 batch = state.kafka_consumer.poll(timeout_ms=_POLL_TIMEOUT_MS)
-            except KafkaError as exc:  # e.g. a rebalance callback failed; the group recovers
-                self.ctx.log.warning("poll failed; continuing", error=str(exc))
+            except Exception as exc:
                 batch = {}
+                if not is_unreadable_record(exc):  # e.g. a rebalance callback failed
+                    self.ctx.log.warning("poll failed; continuing", error=str(exc))
+                elif not self.unreadable.skip(exc):
+                    state.fail(
+                        f"a fetched record cannot be parsed and its partition cannot be told "
+                        f"({type(exc).__name__}: {exc}); stopping rather than spinning on it",
+                        ExitCode.FAILED,
+                    )
             for tp, records in batch.items():
                 for record in records:
                     self.accept(tp, record)
@@ -95,12 +103,26 @@ class ConsumerLoop:
             headers=headers,
         )
         try:
-            item.request = parse_request(
-                tp.topic, tp.partition, record.offset, record.key, record.value, headers
+            request = parse_request(
+                tp.topic,
+                tp.partition,
+                record.offset,
+                record.key,
+                record.value,
+                headers,
+                timestamp_ms=record.timestamp,
             )
         except BadRequest as exc:
             self.sink.dead_letter(item, DeadLetterCode(exc.code), str(exc), offset=record.offset)
             return
+        item.request = request
+        for name in request.ignored_headers:
+            self.ctx.metrics.header_ignored(name)
+            self.ctx.log.warning(
+                "optional header malformed or repeated: passed through and ignored",
+                header=name,
+                **log_fields(item),
+            )
         self.pipeline.submit(item)
 
     def mark_broker_reachable(self) -> None:
@@ -121,7 +143,7 @@ class ConsumerLoop:
             if assigned:
                 ends = consumer.end_offsets(assigned, timeout_ms=_PROBE_TIMEOUT_MS)
             else:
-                _connect_any(kafka.bootstrap_servers, _PROBE_TIMEOUT_MS / 1000)
+                tcp_connect(kafka.bootstrap_servers, _PROBE_TIMEOUT_MS / 1000)
         except Exception as exc:
             down_s = time.monotonic() - self.broker_ok_at
             if self.broker_ok:
@@ -143,17 +165,3 @@ class ConsumerLoop:
             position = self.next_offset.get(tp)
             if position is not None and ends.get(tp) is not None:
                 ctx.metrics.lag(tp.topic, tp.partition, max(0, ends[tp] - position))
-
-
-def _connect_any(bootstrap: str, timeout_s: float) -> None:
-    """Open (and close) a TCP connection to the first bootstrap server that accepts one."""
-    servers = bootstrap.split(",")
-    error: OSError | None = None
-    for server in servers:
-        host, _, port = server.strip().rpartition(":")
-        try:
-            with socket.create_connection((host.strip("[]") or "localhost", int(port)), timeout_s):
-                return
-        except OSError as exc:
-            error = exc
-    raise error or OSError("no bootstrap servers configured")

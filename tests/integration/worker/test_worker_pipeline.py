@@ -95,7 +95,7 @@ def test_bad_inputs_are_dead_lettered_with_their_codes(
         worker_env.produce([("unknown", good)], line="nope")
         worker_env.produce([("bad-key", good)], line=b"not a line id!")
         worker_env.produce([("no-key", good)], line=None)
-        worker_env.produce([("bad-sent-at", good)], headers=[("memkd-sent-at", b"yesterday")])
+        worker_env.produce([(None, good)], headers=[("memkd-id", b"\xff")])  # not UTF-8
         worker_env.produce([("good-2", good)])
         results = worker_env.read(worker_env.results, count=2, timeout_s=60)
         dlq = worker_env.read(worker_env.dlq, count=7, timeout_s=60)
@@ -103,15 +103,14 @@ def test_bad_inputs_are_dead_lettered_with_their_codes(
         assert worker.stop() == 0
     assert sorted(r["id"] for r in results) == ["good-1", "good-2"]
     codes = {d["headers"].get("memkd-id"): d["error"] for d in dlq}
-    # "bad-sent-at" is rejected while parsing headers, so its id is the one it sent
     assert codes == {
+        "\ufffd": "bad-header",  # the memkd-id that was not UTF-8
         "corrupt": "decode-error",
         "empty": "decode-error",
         "too-large": "image-too-large",
         "unknown": "unknown-line",
         "bad-key": "bad-header",
         "no-key": "bad-header",
-        "bad-sent-at": "bad-header",
     }
     for d in dlq:
         assert d["source"].startswith(worker_env.inspect + ":")

@@ -39,6 +39,7 @@ class ErrorCode(StrEnum):
     ARTIFACT_INVALID = "artifact-invalid"
     ARTIFACT_MISMATCH = "artifact-mismatch"
     KAFKA_UNAVAILABLE = "kafka-unavailable"
+    KAFKA_REFUSED = "kafka-refused"
     TOPIC_MISSING = "topic-missing"
 
 
@@ -49,7 +50,9 @@ class ExitCode(IntEnum):
     # memkd-stream: the command failed (an expected error, one line on stderr);
     # memkd-worker: ended hard because a drain overran its grace period
     FAILED = 1
-    USAGE = 2  # bad arguments or settings; the worker: also a teacher that cannot be loaded
+    # bad arguments or settings, credentials or certificate files the broker refuses; the
+    # worker: also a teacher that cannot be loaded
+    USAGE = 2
     BROKER_UNREACHABLE = 3  # memkd-worker: Kafka unreachable longer than its budget
     INTERRUPTED = 130  # memkd-stream: Ctrl-C
 

@@ -20,7 +20,15 @@ from typing import Any, Protocol, cast
 
 import structlog
 
-__all__ = ["LogConfig", "Logger", "configure_logging", "get_logger", "redact_secrets", "redact_url"]
+__all__ = [
+    "LogConfig",
+    "Logger",
+    "configure_logging",
+    "get_logger",
+    "redact_secrets",
+    "redact_url",
+    "register_secret",
+]
 
 Logger = structlog.stdlib.BoundLogger
 
@@ -42,18 +50,45 @@ _URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:@/\s
 _CHATTY_LIBRARIES = ("kafka", "urllib3")
 
 
+# Secret values the settings hold (passwords): masked wherever they appear in a log line, because
+# libraries print them in ways no key name reveals (kafka-python dumps its whole configuration
+# at DEBUG). Process-wide, like the logging configuration itself.
+_SECRET_VALUES: set[str] = set()
+# Shorter values would mask ordinary words; a password that short is not a secret anyway.
+_MIN_SECRET_CHARS = 4
+
+
+def register_secret(value: str | None) -> None:
+    """Mask ``value`` in every log line from now on (settings call this for each password)."""
+    if value is not None and len(value) >= _MIN_SECRET_CHARS:
+        _SECRET_VALUES.add(value)
+
+
 def redact_url(text: str) -> str:
     """``redis://user:secret@host`` -> ``redis://user:***@host``, for every URL in ``text``."""
     return _URL_CREDENTIALS.sub(r"\g<scheme>\g<user>:***@", text)
 
 
+def _redact_text(text: str) -> str:
+    for secret in sorted(_SECRET_VALUES, key=len, reverse=True):
+        if secret in text:
+            text = text.replace(secret, _MASK)
+    return redact_url(text) if "://" in text else text
+
+
 def redact_secrets(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
-    """structlog processor: mask secret-named keys and URL credentials in every value."""
+    """structlog processor: mask secret-named keys, registered secret values and URL
+    credentials in every value (the event text of library log lines included)."""
     for key, value in event_dict.items():
         if _SECRET_KEY.search(key) and value is not None:
             event_dict[key] = _MASK
-        elif isinstance(value, str) and "://" in value:
-            event_dict[key] = redact_url(value)
+        elif isinstance(value, str):
+            event_dict[key] = _redact_text(value)
+        elif _SECRET_VALUES and value is not None and not isinstance(value, int | float | bool):
+            text = str(value)  # what the renderer would print
+            redacted = _redact_text(text)
+            if redacted != text:
+                event_dict[key] = redacted
     return event_dict
 
 
@@ -91,10 +126,13 @@ def configure_logging(settings: LogConfig, stream: Any = None) -> None:
         cache_logger_on_first_use=False,
     )
     renderer = _renderer(settings.format, stream)
-    final: list[Any] = [structlog.stdlib.ProcessorFormatter.remove_processors_meta]
-    if isinstance(renderer, structlog.processors.JSONRenderer):
-        # The console renderer prints tracebacks itself; JSON needs them as a string field.
-        final.append(structlog.processors.format_exc_info)
+    # Tracebacks become a string field before the last redaction pass (an error message may
+    # quote a password), for the console too.
+    final: list[Any] = [
+        structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+        structlog.processors.format_exc_info,
+        redact_secrets,
+    ]
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[*shared, structlog.stdlib.ExtraAdder()],
         processors=[*final, renderer],

@@ -30,3 +30,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def repo_root() -> Path:
     """The checkout's root folder."""
     return TESTS.parent
+
+
+@pytest.fixture(scope="session")
+def ca_pem(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real (self-signed) CA certificate, made with openssl for this run: settings load a CA
+    file to check it, so a placeholder would not do."""
+    import subprocess
+
+    folder = tmp_path_factory.mktemp("tls")
+    cert = folder / "ca.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"),
+            *("-subj", "/CN=memkd test CA", "-keyout", str(folder / "ca.key"), "-out", str(cert)),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return cert

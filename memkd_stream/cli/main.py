@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from memkd_stream import package_version
-from memkd_stream.broker.errors import is_unreachable
+from memkd_stream.broker.errors import KafkaRefused, is_refused, is_unreachable, refused
 from memkd_stream.cli.output import Output
 from memkd_stream.contract.errors import BadLineId
 from memkd_stream.contract.line_id import validate_line_id
@@ -215,10 +215,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         out.error(exc.code, str(exc))
         return ExitCode.USAGE
+    except KafkaRefused as exc:
+        out.error(exc.code, str(exc))
+        return ExitCode.USAGE
     except MemkdStreamError as exc:
         out.error(exc.code, str(exc))
         return ExitCode.FAILED
     except Exception as exc:
+        if is_refused(exc):  # credentials or certificate: the settings must change
+            out.error(ErrorCode.KAFKA_REFUSED, str(refused(settings.kafka.bootstrap_servers, exc)))
+            return ExitCode.USAGE
         code = _expected_error_code(exc)
         if code is None:
             raise

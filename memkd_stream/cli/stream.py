@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from memkd_stream.broker.errors import is_unreachable, unavailable
+from memkd_stream.broker.errors import connect_failure
 from memkd_stream.broker.topics import broker_topics, require_topic
 from memkd_stream.cli.main import Context, line_arg
 from memkd_stream.contract.formats import IMAGE_SUFFIXES
@@ -203,9 +203,10 @@ def _produce(ctx: Context) -> int:
     try:
         producer = make_producer(kafka, bootstrap_timeout_ms=ms, max_block_ms=ms)
     except Exception as exc:
-        if is_unreachable(exc):
-            raise unavailable(kafka.bootstrap_servers, timeout_s, exc) from exc
-        raise
+        failure = connect_failure(kafka.bootstrap_servers, timeout_s, exc)
+        if failure is None:
+            raise
+        raise failure from exc
     interval = 1.0 / args.rate if args.rate else 0.0
     started = time.monotonic()
     futures = []
@@ -231,9 +232,10 @@ def _produce(ctx: Context) -> int:
         for future in futures:
             future.get(timeout=1)  # raises if the broker refused a record
     except Exception as exc:
-        if is_unreachable(exc):
-            raise unavailable(kafka.bootstrap_servers, timeout_s, exc) from exc
-        raise
+        failure = connect_failure(kafka.bootstrap_servers, timeout_s, exc)
+        if failure is None:
+            raise
+        raise failure from exc
     finally:
         producer.close(timeout=5)
     elapsed = time.monotonic() - started

@@ -53,3 +53,35 @@ def test_json_lines_carry_the_fields_and_library_loggers_share_the_format() -> N
         "info",
     )
     assert second["event"] == "from a library" and second["level"] == "warning"
+
+
+def test_a_library_dumping_its_configuration_at_debug_leaks_no_password(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """kafka-python logs its whole config (SASL and SSL passwords included) at DEBUG."""
+    for name in list(__import__("os").environ):
+        if name.startswith("MEMKD_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("MEMKD_KAFKA__SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("MEMKD_KAFKA__SASL_MECHANISM", "SCRAM-SHA-512")
+    monkeypatch.setenv("MEMKD_KAFKA__SASL_USERNAME", "worker")
+    monkeypatch.setenv("MEMKD_KAFKA__SASL_PASSWORD", "sasl-Secret-1")
+    monkeypatch.setenv("MEMKD_KAFKA__SSL_PASSWORD", "key-Secret-2")
+    monkeypatch.setenv("MEMKD_REDIS__URL", "redis://memkd:url-Secret-3@redis:6379/0")
+    from memkd_stream.settings import load_settings
+
+    settings = load_settings()
+    stream = io.StringIO()
+    configure_logging(LogSettings(format="console", level="DEBUG"), stream=stream)
+    library = logging.getLogger("kafka.admin.client")
+    library.debug(
+        "Starting KafkaAdminClient with configuration: %s", settings.kafka.client_kwargs()
+    )
+    try:
+        raise ConnectionError("auth failed for sasl-Secret-1 at redis://memkd:url-Secret-3@r")
+    except ConnectionError:
+        get_logger("test").exception("connect failed")
+    text = stream.getvalue()
+    assert "Starting KafkaAdminClient" in text and "Traceback" in text
+    for secret in ("sasl-Secret-1", "key-Secret-2", "url-Secret-3"):
+        assert secret not in text

@@ -174,12 +174,17 @@ SECRETS = ("kafka-pass-123", "ssl-key-pass-456", "redis-pass-789", "url-pass-000
 
 
 @pytest.fixture
-def secret_settings(monkeypatch: pytest.MonkeyPatch) -> Settings:
+def ca_file(ca_pem: Path) -> Path:
+    return ca_pem
+
+
+@pytest.fixture
+def secret_settings(monkeypatch: pytest.MonkeyPatch, ca_file: Path) -> Settings:
     monkeypatch.setenv("MEMKD_KAFKA__SECURITY_PROTOCOL", "SASL_SSL")
     monkeypatch.setenv("MEMKD_KAFKA__SASL_MECHANISM", "SCRAM-SHA-512")
     monkeypatch.setenv("MEMKD_KAFKA__SASL_USERNAME", "worker")
     monkeypatch.setenv("MEMKD_KAFKA__SASL_PASSWORD", SECRETS[0])
-    monkeypatch.setenv("MEMKD_KAFKA__SSL_CAFILE", "/etc/memkd/ca.crt")
+    monkeypatch.setenv("MEMKD_KAFKA__SSL_CAFILE", str(ca_file))
     monkeypatch.setenv("MEMKD_KAFKA__SSL_PASSWORD", SECRETS[1])
     monkeypatch.setenv("MEMKD_REDIS__USERNAME", "memkd")
     monkeypatch.setenv("MEMKD_REDIS__PASSWORD", SECRETS[2])
@@ -226,13 +231,15 @@ def test_invalid_secret_value_is_not_echoed(tmp_path: Path) -> None:
     assert "987654321" not in str(caught.value)
 
 
-def test_kafka_client_kwargs_carry_the_security_settings(secret_settings: Settings) -> None:
+def test_kafka_client_kwargs_carry_the_security_settings(
+    secret_settings: Settings, ca_file: Path
+) -> None:
     kwargs = secret_settings.kafka.client_kwargs()
     assert kwargs["security_protocol"] == "SASL_SSL"
     assert kwargs["sasl_mechanism"] == "SCRAM-SHA-512"
     assert kwargs["sasl_plain_username"] == "worker"
     assert kwargs["sasl_plain_password"] == SECRETS[0]
-    assert kwargs["ssl_cafile"] == "/etc/memkd/ca.crt"
+    assert kwargs["ssl_cafile"] == str(ca_file)
     assert kwargs["ssl_password"] == SECRETS[1]
 
 
@@ -264,3 +271,23 @@ def test_redis_client_uses_tls_acl_and_timeouts() -> None:
     assert kw["ssl_ca_certs"] == "/etc/ca.crt"
     assert kw["socket_timeout"] == 2.5
     client.close()
+
+
+def test_a_missing_ca_file_is_a_settings_error_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MEMKD_KAFKA__SECURITY_PROTOCOL", "SSL")
+    monkeypatch.setenv("MEMKD_KAFKA__SSL_CAFILE", "/nowhere/ca.pem")
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    assert str(caught.value).startswith("MEMKD_KAFKA__SSL_CAFILE: ")
+    assert "/nowhere/ca.pem does not exist" in str(caught.value)
+
+
+def test_a_ca_file_that_is_not_pem_is_a_settings_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / "ca.pem").write_text("not a certificate\n")
+    monkeypatch.setenv("MEMKD_KAFKA__SECURITY_PROTOCOL", "SSL")
+    monkeypatch.setenv("MEMKD_KAFKA__SSL_CAFILE", str(tmp_path / "ca.pem"))
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    assert "is not a readable PEM CA file" in str(caught.value)

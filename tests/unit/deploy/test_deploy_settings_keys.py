@@ -123,11 +123,17 @@ SASL_SSL_SITE = {
 
 @pytest.mark.parametrize("site", [{}, SASL_SSL_SITE], ids=["as-committed", "sasl-ssl"])
 def test_pods_load_these_settings(
-    monkeypatch: pytest.MonkeyPatch, find: Find, config_data: dict[str, str], site: dict
+    monkeypatch: pytest.MonkeyPatch,
+    ca_pem: Path,
+    find: Find,
+    config_data: dict[str, str],
+    site: dict,
 ) -> None:
     """load_settings() accepts the values and sees each one as written."""
     for key in [k for k in os.environ if k.upper().startswith(PREFIX)]:
         monkeypatch.delenv(key)
+    if "MEMKD_KAFKA__SSL_CAFILE" in site:  # settings read the mounted CA file: give one
+        site = {**site, "MEMKD_KAFKA__SSL_CAFILE": str(ca_pem)}
     secret = find("Secret", "memkd-secrets")["stringData"]
     env = {
         **dockerfile_env(),

@@ -42,6 +42,10 @@ SERVICES := $(PY) deploy/local/services.py --kafka-port $(KAFKA_PORT) \
 # What the tests, the demo and the benchmark read (memkd_stream.settings).
 SERVICE_ENV := MEMKD_KAFKA__BOOTSTRAP_SERVERS=127.0.0.1:$(KAFKA_PORT) \
 	MEMKD_REDIS__URL=redis://127.0.0.1:$(REDIS_PORT)/0
+# What the tests read besides (tests/integration/conftest.py): the broker's SASL_SSL listener and
+# the CA that services.py generated for it.
+TEST_ENV := $(SERVICE_ENV) MEMKD_TEST_KAFKA_SASL=127.0.0.1:$(KAFKA_SASL_PORT) \
+	MEMKD_TEST_KAFKA_CA=$(CURDIR)/var/kafka/tls/ca.pem
 
 # Runs $(1) between services-up and services-down; services-down happens even when $(1) fails,
 # but only if this invocation found the services down (so a developer's running services and
@@ -111,7 +115,7 @@ services-status: setup
 	@$(SERVICES) status
 
 test: setup
-	$(call with_services,$(SERVICE_ENV) $(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS) tests)
+	$(call with_services,$(TEST_ENV) $(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS) tests)
 
 lint: $(STAMPS)/venv
 	$(VENV)/bin/ruff check .

@@ -1,14 +1,16 @@
 # memkd-stream: one entry point for developers and CI (.ci/run runs `make test`).
 #
 #   make setup          venv + locked Python deps (uv), Kafka jars (Maven), redis-server (apt)
-#   make services-up    local Kafka (KRaft) on 127.0.0.1:39092 + Redis on 127.0.0.1:36379
+#   make services-up    local Kafka (KRaft) on 127.0.0.1:39092, SASL_SSL on :39094 (SCRAM-SHA-512,
+#                       dev user memkd, dev-constant password; CA var/kafka/tls/ca.pem) + Redis :36379
 #   make services-down  stop exactly what services-up started (pid files under var/run)
 #   make test           setup, services up, all tests, services down (if this run started them)
 #   make lint           ruff (lint + format check), mypy, import boundaries (make format fixes)
 #   make demo           train a line, stream its test images through a worker, show the verdicts
 #   make bench          model speed, accuracy and end-to-end streaming benchmarks (bench/results)
 #
-# Ports are variables: `make test KAFKA_PORT=49092 KAFKA_CONTROLLER_PORT=49093 REDIS_PORT=46379`.
+# Ports are variables: `make test KAFKA_PORT=49092 KAFKA_CONTROLLER_PORT=49093 KAFKA_SASL_PORT=49094
+# REDIS_PORT=46379`.
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
@@ -16,6 +18,7 @@ SHELL := /bin/bash
 
 KAFKA_PORT ?= 39092
 KAFKA_CONTROLLER_PORT ?= 39093
+KAFKA_SASL_PORT ?= 39094
 REDIS_PORT ?= 36379
 SERVICES_TIMEOUT ?= 120
 PYTEST_ARGS ?=
@@ -33,12 +36,16 @@ STAMPS := .cache/stamps
 KAFKA_LIB := deploy/local/lib
 
 SERVICES := $(PY) deploy/local/services.py --kafka-port $(KAFKA_PORT) \
-	--controller-port $(KAFKA_CONTROLLER_PORT) --redis-port $(REDIS_PORT) \
-	--timeout $(SERVICES_TIMEOUT)
+	--controller-port $(KAFKA_CONTROLLER_PORT) --sasl-port $(KAFKA_SASL_PORT) \
+	--redis-port $(REDIS_PORT) --timeout $(SERVICES_TIMEOUT)
 
 # What the tests, the demo and the benchmark read (memkd_stream.settings).
 SERVICE_ENV := MEMKD_KAFKA__BOOTSTRAP_SERVERS=127.0.0.1:$(KAFKA_PORT) \
 	MEMKD_REDIS__URL=redis://127.0.0.1:$(REDIS_PORT)/0
+# What the tests read besides (tests/integration/conftest.py): the broker's SASL_SSL listener and
+# the CA that services.py generated for it.
+TEST_ENV := $(SERVICE_ENV) MEMKD_TEST_KAFKA_SASL=127.0.0.1:$(KAFKA_SASL_PORT) \
+	MEMKD_TEST_KAFKA_CA=$(CURDIR)/var/kafka/tls/ca.pem
 
 # Runs $(1) between services-up and services-down; services-down happens even when $(1) fails,
 # but only if this invocation found the services down (so a developer's running services and
@@ -56,7 +63,7 @@ endef
 .PHONY: help setup services-up services-down services-status test lint format demo bench clean
 
 help:
-	@sed -n '3,11p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '3,13p' Makefile | sed 's/^# \{0,1\}//'
 
 setup: $(STAMPS)/venv $(STAMPS)/kafka-jars $(STAMPS)/redis
 
@@ -108,7 +115,7 @@ services-status: setup
 	@$(SERVICES) status
 
 test: setup
-	$(call with_services,$(SERVICE_ENV) $(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS) tests)
+	$(call with_services,$(TEST_ENV) $(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS) tests)
 
 lint: $(STAMPS)/venv
 	$(VENV)/bin/ruff check .

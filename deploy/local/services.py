@@ -5,8 +5,17 @@ Debian's redis-server but no container runtime, and Kafka comes from Maven Centr
 (deploy/local/pom.xml). Everything runs as ordinary processes under ``var/`` of the checkout:
 
     var/kafka/server.properties   var/kafka/data/     var/log/kafka.log  var/log/kafka.out
+    var/kafka/tls/ca.pem          var/kafka/tls/broker.pem (the broker's key and certificates)
     var/redis/redis.conf          var/redis/data/     var/log/redis.log
     var/run/kafka.pid             var/run/redis.pid   var/run/services.lock
+
+The broker has two client listeners: PLAINTEXT (tests, the demo, the broker's own traffic) and
+SASL_SSL, SCRAM-SHA-512 over TLS, so that authentication is exercised for real. Its TLS material
+(a CA made for this checkout and a certificate for 127.0.0.1/localhost signed by it) is generated
+with openssl when missing or about to expire, never committed; its one user, ``SASL_USER`` with
+the password ``SASL_PASSWORD``, is a development constant: it guards nothing but a broker that
+listens on the loopback interface. The user is written into the metadata when the data dir is
+formatted, and added over PLAINTEXT to a data dir formatted before the SASL listener existed.
 
 Both servers are brought up by one algorithm (``bring_up``) over a small description of each
 (``Service``: its ports, pid file, how to probe it, how to recognise and start it):
@@ -19,13 +28,16 @@ Both servers are brought up by one algorithm (``bring_up``) over a small descrip
 4. a healthy server of the same kind on the port that this checkout did not start (another
    checkout, a developer's own) is reused and never stopped; anything else on a port is an error
    naming the process;
-5. start, then wait until a real client round trip answers (Kafka: a metadata request; Redis:
-   PING); a start that fails shows the tail of the logs.
+5. start, then wait until a real client round trip answers on every client port (Kafka: a
+   metadata request on each listener, authenticated on SASL_SSL; Redis: PING), giving a server of
+   ours what only a running server can be given meanwhile (Kafka: a missing SCRAM user); a start
+   that fails shows the tail of the logs.
 
 ``down`` signals only the processes named in our pid files, and only after checking that the pid
 still belongs to the program we started.
 
-Usage: services.py up|down|status [--kafka-port N] [--controller-port N] [--redis-port N]
+Usage: services.py up|down|status [--kafka-port N] [--controller-port N] [--sasl-port N]
+                                  [--redis-port N]
 """
 
 from __future__ import annotations
@@ -39,12 +51,14 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from base64 import urlsafe_b64encode
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -52,6 +66,16 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 KAFKA_MAIN = "kafka.Kafka"
 KAFKA_HEAP = os.environ.get("KAFKA_HEAP_OPTS", "-Xms256m -Xmx512m")
+
+# The SASL_SSL listener's one user. A development constant, not a secret: it guards nothing but
+# a broker on the loopback interface of a developer's machine or a CI runner. Tests read it from
+# here (tests/integration/conftest.py).
+SASL_MECHANISM = "SCRAM-SHA-512"
+SASL_USER = "memkd"
+SASL_PASSWORD = "memkd-local-development-only"
+# Generated certificates live this long; they are made anew when less than a month is left.
+TLS_DAYS = 3650
+TLS_RENEW_S = 30 * 24 * 3600
 
 
 class ServiceError(RuntimeError):
@@ -66,11 +90,16 @@ class Layout:
     lib: Path
     kafka_port: int
     controller_port: int
+    sasl_port: int
     redis_port: int
 
     @property
     def run(self) -> Path:
         return self.var / "run"
+
+    @property
+    def tls(self) -> Path:
+        return self.var / "kafka" / "tls"
 
     @property
     def log(self) -> Path:
@@ -86,24 +115,55 @@ class Started:
 
 
 @dataclass(frozen=True)
+class Listener:
+    """A port that clients use, and a real client round trip on it."""
+
+    port: int
+    answers: Callable[[], bool]
+    about: str = ""  # how clients talk to it, when not plainly (protocol, user, CA)
+
+    def __str__(self) -> str:
+        return f"127.0.0.1:{self.port}" + (f" ({self.about})" if self.about else "")
+
+
+def _nothing_to_provision() -> bool:
+    return False
+
+
+@dataclass(frozen=True)
 class Service:
     """One local server: what ``bring_up``, ``down`` and ``status`` need to know about it."""
 
     name: str
     ports: tuple[int, ...]  # every port it holds; clients connect to the first
+    listeners: tuple[Listener, ...]  # the ports clients use; the server answers when all answer
     pid_file: Path
     logs: tuple[Path, ...]
     stop_grace_s: float
     adopted_wait_s: float  # how long a running server of ours may take to answer before restart
     port_hint: str  # the make variables that choose other ports
-    answers: Callable[[], bool]
     is_ours: Callable[[int], bool]
     running_ports: Callable[[int], set[int]]
     start: Callable[[], Started]
+    # Gives a running server of ours what only a running server can be given and a listener
+    # needs (Kafka: the SCRAM user on a data dir formatted before the SASL listener existed);
+    # True when it changed something. Idempotent: it runs while ``bring_up`` waits.
+    provision: Callable[[], bool] = field(default=_nothing_to_provision)
 
     @property
     def port(self) -> int:
         return self.ports[0]
+
+    def answers(self) -> bool:
+        """Every listener answers a real client round trip (the first failure stops the asking)."""
+        return all(listener.answers() for listener in self.listeners)
+
+    def ready(self) -> bool:
+        """``answers``, after provisioning what a server of ours lacks."""
+        return self.answers() or (self.provision() and self.answers())
+
+    def where(self) -> str:
+        return ", ".join(str(listener) for listener in self.listeners)
 
 
 # --- processes ---------------------------------------------------------------------------------
@@ -188,6 +248,14 @@ def _tail(path: Path, lines: int = 25) -> str:
         return "(no file)"
 
 
+def _shown(path: Path) -> str:
+    """``path`` relative to the checkout when inside it (shorter in messages), else absolute."""
+    try:
+        return str(path.relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
 def _render(template: Path, out: Path, fields: dict[str, str]) -> None:
     text = template.read_text()
     for key, value in fields.items():
@@ -223,23 +291,29 @@ def bring_up(svc: Service, timeout_s: float) -> None:
     """Make ``svc`` answer on its ports (see the module docstring for the steps)."""
     pid = _our_pid(svc)
     if pid is not None:
-        running = svc.running_ports(pid)
-        if running != set(svc.ports):
+        running, asked = svc.running_ports(pid), set(svc.ports)
+        if running != asked:
+            hint = (
+                f"it has no port {sorted(asked - running)} (started by an older services.py?): "
+                "restart it with `make services-down` and `make services-up`"
+                if running < asked
+                else "stop it first with `make services-down`, or ask for the ports it runs on "
+                f"({sorted(running)})"
+            )
             raise ServiceError(
                 f"{svc.name} of this checkout is running (pid {pid}: {_cmdline(pid)[:120]}) but "
-                f"not on the ports asked for ({sorted(svc.ports)}); stop it first with "
-                f"`make services-down`, or ask for the ports it runs on ({sorted(running)})"
+                f"not on the ports asked for ({sorted(asked)}); {hint}"
             )
         alive_pid = pid
-        if _wait_until(svc.answers, min(timeout_s, svc.adopted_wait_s), lambda: _alive(alive_pid)):
-            print(f"{svc.name}: already up on 127.0.0.1:{svc.port} (pid {pid})")
+        if _wait_until(svc.ready, min(timeout_s, svc.adopted_wait_s), lambda: _alive(alive_pid)):
+            print(f"{svc.name}: already up on {svc.where()} (pid {pid})")
             return
         print(f"{svc.name}: our server pid {pid} does not answer on {svc.port}; restarting it")
         _stop(pid, svc.name, grace_s=svc.stop_grace_s)
         svc.pid_file.unlink(missing_ok=True)
     if svc.answers():
         print(
-            f"{svc.name}: reusing a server already answering on 127.0.0.1:{svc.port} "
+            f"{svc.name}: reusing a server already answering on {svc.where()} "
             f"(pid {sorted(_listener_pids(svc.port)) or '?'}, not started by this checkout; "
             "services-down leaves it)"
         )
@@ -253,7 +327,7 @@ def bring_up(svc: Service, timeout_s: float) -> None:
             )
     began = time.monotonic()
     started = svc.start()
-    if not _wait_until(svc.answers, timeout_s, started.starting):
+    if not _wait_until(svc.ready, timeout_s, started.starting):
         state = "exited" if not started.starting() else f"did not answer within {timeout_s:.0f}s"
         pid = started.pid()
         if pid is not None and _alive(pid):
@@ -261,10 +335,7 @@ def bring_up(svc: Service, timeout_s: float) -> None:
         svc.pid_file.unlink(missing_ok=True)
         logs = "\n".join(f"--- {log} ---\n{_tail(log)}" for log in svc.logs)
         raise ServiceError(f"{svc.name}: server {state}. Logs:\n{logs}")
-    print(
-        f"{svc.name}: up on 127.0.0.1:{svc.port} (pid {started.pid()}, "
-        f"{time.monotonic() - began:.1f}s)"
-    )
+    print(f"{svc.name}: up on {svc.where()} (pid {started.pid()}, {time.monotonic() - began:.1f}s)")
 
 
 def down(services: list[Service]) -> None:
@@ -284,39 +355,51 @@ def down(services: list[Service]) -> None:
 
 
 def status(services: list[Service]) -> bool:
+    """One line per listener: does a real client round trip answer?"""
     ok = True
     for svc in services:
         pid = _read_pid(svc.pid_file)
-        answers = svc.answers()
-        ok = ok and answers
-        print(
-            f"{svc.name}: 127.0.0.1:{svc.port} {'answers' if answers else 'DOWN'}; "
-            f"pid file: {pid if pid is not None else 'none'}"
-        )
+        for listener in svc.listeners:
+            answers = listener.answers()
+            ok = ok and answers
+            print(
+                f"{svc.name}: {listener} {'answers' if answers else 'DOWN'}; "
+                f"pid file: {pid if pid is not None else 'none'}"
+            )
     return ok
 
 
 # --- kafka -------------------------------------------------------------------------------------
 
 
-def kafka_answers(port: int, timeout_s: float = 3.0) -> bool:
-    """A real metadata round trip with kafka-python, not just an open port."""
+def _kafka_admin(port: int, timeout_s: float, security: dict[str, Any]) -> Any:
+    """A kafka-python admin client that gives up after ``timeout_s`` (raises when it cannot
+    bootstrap)."""
     try:
         from kafka import KafkaAdminClient
     except ImportError as exc:  # the Makefile runs this with the project's venv
         raise ServiceError(f"kafka-python is not installed ({exc}); run `make setup`") from exc
-    if not _port_busy(port):  # nothing listens: no need to wait for a client's timeout
-        return False
     logging.getLogger("kafka").setLevel(logging.CRITICAL)
     ms = int(timeout_s * 1000)
+    return KafkaAdminClient(
+        bootstrap_servers=f"127.0.0.1:{port}",
+        client_id="memkd-services-probe",
+        request_timeout_ms=ms,
+        bootstrap_timeout_ms=ms,
+        reconnect_backoff_max_ms=500,
+        **security,
+    )
+
+
+def kafka_answers(port: int, timeout_s: float = 3.0, **security: Any) -> bool:
+    """A real metadata round trip with kafka-python, not just an open port; ``security`` are
+    kafka-python's keyword arguments (security_protocol, sasl_*, ssl_*)."""
+    if not _port_busy(port):  # nothing listens: no need to wait for a client's timeout
+        return False
     try:
-        admin = KafkaAdminClient(
-            bootstrap_servers=f"127.0.0.1:{port}",
-            client_id="memkd-services-probe",
-            request_timeout_ms=ms,
-            bootstrap_timeout_ms=ms,
-            reconnect_backoff_max_ms=500,
-        )
+        admin = _kafka_admin(port, timeout_s, security)
+    except ServiceError:
+        raise
     except Exception:
         return False
     try:
@@ -327,6 +410,127 @@ def kafka_answers(port: int, timeout_s: float = 3.0) -> bool:
     finally:
         with contextlib.suppress(Exception):
             admin.close()
+
+
+def sasl_client_kwargs(ca: Path) -> dict[str, str]:
+    """kafka-python's keyword arguments for the SASL_SSL listener as the development user."""
+    return {
+        "security_protocol": "SASL_SSL",
+        "sasl_mechanism": SASL_MECHANISM,
+        "sasl_plain_username": SASL_USER,
+        "sasl_plain_password": SASL_PASSWORD,
+        "ssl_cafile": str(ca),
+    }
+
+
+def _add_scram_user(plaintext_port: int) -> bool:
+    """Create the development user over PLAINTEXT unless it has a SCRAM-SHA-512 credential; True
+    when it was created. A data dir formatted with ``--add-scram`` has it already."""
+    from kafka.admin import UserScramCredentialUpsertion
+
+    if not _port_busy(plaintext_port):
+        return False
+    try:
+        admin = _kafka_admin(plaintext_port, 5.0, {})
+    except ServiceError:
+        raise
+    except Exception:
+        return False
+    try:
+        found = admin.describe_user_scram_credentials([SASL_USER]).get(SASL_USER) or {}
+        mechanisms = {info["mechanism"].name for info in found.get("credential_infos", [])}
+        if SASL_MECHANISM.replace("-", "_") in mechanisms:
+            return False
+        upsert = UserScramCredentialUpsertion(SASL_USER, SASL_MECHANISM, SASL_PASSWORD)
+        error = admin.alter_user_scram_credentials([upsert]).get(SASL_USER)
+    except Exception as exc:
+        print(f"kafka: could not check or create the SCRAM user {SASL_USER}: {exc}")
+        return False
+    finally:
+        with contextlib.suppress(Exception):
+            admin.close()
+    if error:
+        raise ServiceError(f"kafka: creating the SCRAM user {SASL_USER} failed: {error}")
+    print(f"kafka: created the SCRAM user {SASL_USER} (the data dir did not have it)")
+    return True
+
+
+# --- kafka: TLS material -----------------------------------------------------------------------
+
+
+def _openssl(*args: str, cwd: Path | None = None, check: bool = True) -> bool:
+    """Run openssl; whether it succeeded (a failure raises when ``check``)."""
+    openssl = shutil.which("openssl")
+    if not openssl:
+        raise ServiceError("openssl not found: install it (apt-get install openssl)")
+    done = subprocess.run(
+        [openssl, *args], cwd=cwd, capture_output=True, text=True, timeout=60, check=False
+    )
+    if check and done.returncode != 0:
+        raise ServiceError(f"openssl {args[0]} failed:\n{done.stdout}{done.stderr}")
+    return done.returncode == 0
+
+
+def _tls_usable(ca: Path, keystore: Path) -> bool:
+    """Both files there, made together (the keystore ends with this CA), and not about to expire."""
+    try:
+        together = keystore.read_text().endswith(ca.read_text())
+    except OSError:
+        return False
+    expiry = ("x509", "-noout", "-checkend", str(TLS_RENEW_S), "-in", str(keystore))
+    return together and _openssl(*expiry, check=False)
+
+
+def ensure_tls(tls: Path) -> bool:
+    """A CA of this checkout (``ca.pem``, what clients trust) and the broker's PEM keystore
+    (``broker.pem``: its unencrypted key, its certificate for 127.0.0.1 and localhost, the CA),
+    made when either is missing, they were not made together, or the certificate expires within
+    a month; True when made.
+
+    Both are made anew together, and the CA's key is thrown away once it has signed: nothing can
+    be signed by this CA afterwards.
+    """
+    ca, keystore = tls / "ca.pem", tls / "broker.pem"
+    if _tls_usable(ca, keystore):
+        return False
+    tls.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="tls-", dir=tls.parent) as tmp_name:
+        tmp = Path(tmp_name)  # mode 0700: the keys never sit where others can read them
+        days = str(TLS_DAYS)
+        # P-256 keys: made in milliseconds (RSA 2048 takes seconds on a busy machine).
+        new_key = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes")
+        _openssl(
+            "req", "-x509", *new_key, "-days", days, "-keyout", "ca.key", "-out", "ca.pem",
+            "-subj", "/CN=memkd-stream local development CA",
+            "-addext", "basicConstraints=critical,CA:TRUE",
+            "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+            cwd=tmp,
+        )  # fmt: skip
+        _openssl(
+            "req", *new_key, "-keyout", "broker.key", "-out", "broker.csr",
+            "-subj", "/CN=localhost",
+            cwd=tmp,
+        )  # fmt: skip
+        (tmp / "broker.ext").write_text(
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\n"
+            "basicConstraints=critical,CA:FALSE\n"
+            "keyUsage=critical,digitalSignature\n"
+            "extendedKeyUsage=serverAuth\n"
+        )
+        _openssl(
+            "x509", "-req", "-in", "broker.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-set_serial", f"0x{uuid.uuid4().hex}", "-days", days, "-extfile", "broker.ext",
+            "-out", "broker.crt",
+            cwd=tmp,
+        )  # fmt: skip
+        # Kafka's PEM keystore (ssl.keystore.type=PEM): the key, then the certificate chain.
+        parts = [(tmp / name).read_text() for name in ("broker.key", "broker.crt", "ca.pem")]
+        (tmp / "broker.pem").write_text("".join(parts))
+        (tmp / "broker.pem").chmod(0o600)
+        (tmp / "broker.pem").replace(keystore)
+        (tmp / "ca.pem").replace(ca)
+    print(f"kafka: generated a CA and the broker's certificate in {_shown(tls)}")
+    return True
 
 
 def _java() -> str:
@@ -380,12 +584,15 @@ def kafka_service(lay: Layout) -> Service:
     def start() -> Started:
         lay.log.mkdir(parents=True, exist_ok=True)
         data.mkdir(parents=True, exist_ok=True)
+        ensure_tls(lay.tls)
         _render(
             HERE / "server.properties",
             props,
             {
                 "BROKER_PORT": str(lay.kafka_port),
                 "CONTROLLER_PORT": str(lay.controller_port),
+                "SASL_PORT": str(lay.sasl_port),
+                "KEYSTORE": str(lay.tls / "broker.pem"),
                 "DATA_DIR": str(data),
             },
         )
@@ -400,6 +607,8 @@ def kafka_service(lay: Layout) -> Service:
                 "--config",
                 str(props),
                 "--ignore-formatted",
+                "--add-scram",
+                f"{SASL_MECHANISM}=[name={SASL_USER},password={SASL_PASSWORD}]",
             )
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
             if done.returncode != 0:
@@ -417,18 +626,31 @@ def kafka_service(lay: Layout) -> Service:
         pid_file.write_text(f"{proc.pid}\n")
         return Started(pid=lambda: proc.pid, starting=lambda: proc.poll() is None)
 
+    ca = lay.tls / "ca.pem"
+
+    def sasl_answers() -> bool:
+        return ca.is_file() and kafka_answers(lay.sasl_port, **sasl_client_kwargs(ca))
+
     return Service(
         name="kafka",
-        ports=(lay.kafka_port, lay.controller_port),
+        ports=(lay.kafka_port, lay.controller_port, lay.sasl_port),
+        listeners=(
+            Listener(lay.kafka_port, lambda: kafka_answers(lay.kafka_port)),
+            Listener(
+                lay.sasl_port,
+                sasl_answers,
+                f"SASL_SSL, {SASL_MECHANISM} user {SASL_USER}, CA {_shown(ca)}",
+            ),
+        ),
         pid_file=pid_file,
         logs=(out, lay.log / "kafka.log"),
         stop_grace_s=30.0,
         adopted_wait_s=float("inf"),  # a broker replaying its log after a crash takes a while
-        port_hint="KAFKA_PORT=... KAFKA_CONTROLLER_PORT=...",
-        answers=lambda: kafka_answers(lay.kafka_port),
+        port_hint="KAFKA_PORT=... KAFKA_CONTROLLER_PORT=... KAFKA_SASL_PORT=...",
         is_ours=is_ours,
         running_ports=running_ports,
         start=start,
+        provision=lambda: _add_scram_user(lay.kafka_port),
     )
 
 
@@ -517,8 +739,8 @@ def redis_service(lay: Layout) -> Service:
         logs=(log,),
         stop_grace_s=15.0,
         adopted_wait_s=15.0,
+        listeners=(Listener(lay.redis_port, lambda: redis_answers(lay.redis_port)),),
         port_hint="REDIS_PORT=...",
-        answers=lambda: redis_answers(lay.redis_port),
         is_ours=is_ours,
         running_ports=running_ports,
         start=start,
@@ -544,6 +766,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lib", type=Path, default=HERE / "lib")
     parser.add_argument("--kafka-port", type=int, default=39092)
     parser.add_argument("--controller-port", type=int, default=39093)
+    parser.add_argument("--sasl-port", type=int, default=39094, help="Kafka's SASL_SSL listener")
     parser.add_argument("--redis-port", type=int, default=36379)
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait per service")
     args = parser.parse_args(argv)
@@ -552,6 +775,7 @@ def main(argv: list[str] | None = None) -> int:
         lib=args.lib.resolve(),
         kafka_port=args.kafka_port,
         controller_port=args.controller_port,
+        sasl_port=args.sasl_port,
         redis_port=args.redis_port,
     )
     kafka, redis_ = kafka_service(lay), redis_service(lay)

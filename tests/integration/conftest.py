@@ -1,8 +1,13 @@
 """Fixtures for tests that talk to the real Kafka broker and Redis server of ``make services-up``.
 
 Where they are comes from the same settings the service reads (``MEMKD_KAFKA__BOOTSTRAP_SERVERS``,
-``MEMKD_REDIS__URL``; ``make test`` sets both). Nothing is skipped: if a service does not answer,
-every test that needs it fails with a message saying to run ``make services-up``.
+``MEMKD_REDIS__URL``; ``make test`` sets both). The broker's SASL_SSL listener (``kafka_sasl``) is
+found through ``MEMKD_TEST_KAFKA_SASL`` (host:port, default 127.0.0.1:39094) and
+``MEMKD_TEST_KAFKA_CA`` (default: this checkout's var/kafka/tls/ca.pem), which ``make test`` sets
+from its port variables; its user and password are the development constants of
+deploy/local/services.py unless ``MEMKD_TEST_KAFKA_SASL_USER`` / ``_PASSWORD`` say otherwise.
+Nothing is skipped: if a service does not answer, every test that needs it fails with a message
+saying to run ``make services-up``.
 
 Several test runs (and helpers) share one broker and one Redis, so nothing here is global:
 topics get unique names and are deleted afterwards, Redis keys live under a per-test prefix and
@@ -12,16 +17,23 @@ only those keys are deleted. Never FLUSHDB.
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
+from pydantic import SecretStr
 
-from memkd_stream.settings import Settings, load_settings
+from deploy.local import services as local_services
+from memkd_stream.broker.clients import make_admin
+from memkd_stream.settings import KafkaSettings, Settings, load_settings
 
 TopicFactory = Callable[..., str]
 
@@ -55,6 +67,64 @@ def kafka_bootstrap(service_settings: Settings) -> str:
     except Exception as exc:
         _fail("Kafka", bootstrap, exc)
     return bootstrap
+
+
+@dataclass(frozen=True)
+class SaslListener:
+    """The broker's SASL_SSL listener (SCRAM-SHA-512 over TLS) and how to log in to it."""
+
+    bootstrap: str
+    cafile: Path
+    username: str
+    password: str
+    mechanism: str = local_services.SASL_MECHANISM
+
+    def settings(self, **changes: Any) -> KafkaSettings:
+        """Kafka settings that log in as this user; ``changes`` replace fields (a wrong
+        ``sasl_password``, another ``ssl_cafile``...)."""
+        fields: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap,
+            "security_protocol": "SASL_SSL",
+            "sasl_mechanism": self.mechanism,
+            "sasl_username": self.username,
+            "sasl_password": SecretStr(self.password),
+            "ssl_cafile": self.cafile,
+        }
+        fields.update(changes)
+        return KafkaSettings(**fields)
+
+
+@pytest.fixture(scope="session")
+def kafka_sasl(repo_root: Path) -> SaslListener:
+    """The SASL_SSL listener, after one authenticated metadata round trip through
+    ``memkd_stream.broker.clients``."""
+    env = os.environ
+    cafile = Path(env.get("MEMKD_TEST_KAFKA_CA") or repo_root / "var/kafka/tls/ca.pem")
+    listener = SaslListener(
+        bootstrap=env.get("MEMKD_TEST_KAFKA_SASL") or "127.0.0.1:39094",
+        cafile=cafile if cafile.is_absolute() else repo_root / cafile,
+        username=env.get("MEMKD_TEST_KAFKA_SASL_USER") or local_services.SASL_USER,
+        password=env.get("MEMKD_TEST_KAFKA_SASL_PASSWORD") or local_services.SASL_PASSWORD,
+    )
+    where = (
+        f"{listener.bootstrap} (SASL_SSL, {listener.mechanism} user {listener.username}, "
+        f"CA {listener.cafile}; MEMKD_TEST_KAFKA_SASL / MEMKD_TEST_KAFKA_CA)"
+    )
+    if not listener.cafile.is_file():
+        pytest.fail(
+            f"Kafka's SASL_SSL listener: the CA file {listener.cafile} does not exist "
+            "(MEMKD_TEST_KAFKA_CA); `make services-up` generates it in var/kafka/tls/",
+            pytrace=False,
+        )
+    try:
+        admin = make_admin(listener.settings(), client_id="memkd-tests", timeout_s=10)
+        try:
+            admin.list_topics()
+        finally:
+            admin.close()
+    except Exception as exc:
+        _fail("Kafka's SASL_SSL listener", where, exc)
+    return listener
 
 
 @pytest.fixture(scope="session")

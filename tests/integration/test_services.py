@@ -2,13 +2,15 @@
 
 Round trips with the same client libraries the service uses (kafka-python, redis-py): large binary
 values with headers, Redis bytes and pub/sub, what a client sees when nothing listens, and the
-life cycle of ``deploy/local/services.py`` itself (a crashed broker must not break the next start).
+life cycle of ``deploy/local/services.py`` itself (a crashed broker must not break the next start;
+the SASL_SSL listener, its TLS material and its user come back with it).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -19,7 +21,13 @@ from pathlib import Path
 import pytest
 import redis
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import UserScramCredentialDeletion
 from kafka.errors import KafkaTimeoutError
+
+from deploy.local import services as local_services
+from memkd_stream.broker.clients import make_admin
+from memkd_stream.settings import KafkaSettings
+from tests.integration.conftest import SaslListener
 
 pytestmark = pytest.mark.integration
 
@@ -151,6 +159,8 @@ def _services(
             str(ports["kafka"]),
             "--controller-port",
             str(ports["controller"]),
+            "--sasl-port",
+            str(ports["sasl"]),
             "--redis-port",
             str(ports["redis"]),
             "--timeout",
@@ -168,6 +178,21 @@ def _services(
 
 def _pid(var: Path, name: str) -> int:
     return int((var / "run" / f"{name}.pid").read_text())
+
+
+def _sasl_round_trip(var: Path, ports: dict[str, int]) -> None:
+    """A metadata request on the SASL_SSL listener as the development user, with this var's CA."""
+    listener = SaslListener(
+        bootstrap=f"127.0.0.1:{ports['sasl']}",
+        cafile=var / "kafka" / "tls" / "ca.pem",
+        username=local_services.SASL_USER,
+        password=local_services.SASL_PASSWORD,
+    )
+    admin = make_admin(listener.settings(), timeout_s=15)
+    try:
+        admin.list_topics()
+    finally:
+        admin.close()
 
 
 def _gone(pid: int, timeout_s: float = 15) -> bool:
@@ -188,19 +213,44 @@ def test_services_survive_a_crashed_broker_and_stop_only_their_own(
     repo_root: Path, tmp_path: Path
 ) -> None:
     var = tmp_path / "var"
-    ports = {"kafka": _free_port(), "controller": _free_port(), "redis": _free_port()}
+    tls = var / "kafka" / "tls"
+    ports = {name: _free_port() for name in ("kafka", "controller", "sasl", "redis")}
     try:
-        _services(repo_root, var, ports, "up")
+        out = _services(repo_root, var, ports, "up")
+        assert "generated a CA" in out and f"127.0.0.1:{ports['sasl']} (SASL_SSL" in out
         kafka_pid, redis_pid = _pid(var, "kafka"), _pid(var, "redis")
+        ca = (tls / "ca.pem").read_bytes()
         assert "already up" in _services(repo_root, var, ports, "up")  # idempotent
+        assert (tls / "ca.pem").read_bytes() == ca  # TLS material is made once
+        status = _services(repo_root, var, ports, "status")
+        assert f"127.0.0.1:{ports['sasl']} (SASL_SSL, SCRAM-SHA-512 user memkd" in status
+        assert status.count(" answers;") == 3, status  # PLAINTEXT, SASL_SSL, Redis
+        _sasl_round_trip(var, ports)
 
-        # A crash: the broker dies hard and leaves its pid file behind.
+        # A data dir without the SCRAM user (formatted before the SASL listener existed): the next
+        # `up` creates it over PLAINTEXT instead of waiting for a login that cannot succeed.
+        plaintext = KafkaSettings(bootstrap_servers=f"127.0.0.1:{ports['kafka']}")
+        admin = make_admin(plaintext, client_id="memkd-tests", timeout_s=15)
+        try:
+            admin.alter_user_scram_credentials(
+                [UserScramCredentialDeletion(local_services.SASL_USER, "SCRAM-SHA-512")]
+            )
+        finally:
+            admin.close()
+        assert "DOWN" in _services(repo_root, var, ports, "status", expect_rc=1)
+        assert "created the SCRAM user" in _services(repo_root, var, ports, "up")
+        _sasl_round_trip(var, ports)
+
+        # A crash: the broker dies hard and leaves its pid file behind; its TLS material is gone
+        # too and is made anew.
         os.kill(kafka_pid, signal.SIGKILL)
         assert _gone(kafka_pid)
+        shutil.rmtree(tls)
         out = _services(repo_root, var, ports, "up")
-        assert "stale pid file" in out
+        assert "stale pid file" in out and "generated a CA" in out
         assert _pid(var, "kafka") != kafka_pid
         kafka_pid = _pid(var, "kafka")
+        _sasl_round_trip(var, ports)  # with the new CA
 
         # A crash that also lost the pid file: our live broker is adopted, not duplicated.
         (var / "run" / "kafka.pid").unlink()
@@ -212,9 +262,10 @@ def test_services_survive_a_crashed_broker_and_stop_only_their_own(
         assert _pid(var, "redis") == redis_pid
 
         # The same checkout asked for other ports while running: a clear no, not a second broker.
-        moved = {**ports, "redis": _free_port()}
-        out = _services(repo_root, var, moved, "up", expect_rc=1)
-        assert "not on the ports asked for" in out and "services-down" in out
+        for name in ("redis", "sasl"):
+            moved = {**ports, name: _free_port()}
+            out = _services(repo_root, var, moved, "up", expect_rc=1)
+            assert "not on the ports asked for" in out and "services-down" in out
 
         producer = _producer(f"127.0.0.1:{ports['kafka']}", max_block_ms=5000)
         producer.close()  # the broker answers after all that

@@ -30,6 +30,7 @@ class PrivateServices:
     def __init__(self, var: Path) -> None:
         self.var = var
         self.kafka_port, self.controller_port, self.redis_port = (free_port() for _ in range(3))
+        self.sasl_port = free_port()  # the broker's SASL_SSL listener, unused here
 
     def _run(self, command: str) -> None:
         subprocess.run(
@@ -37,6 +38,7 @@ class PrivateServices:
                 sys.executable, str(SERVICES), command, "--var", str(self.var),
                 "--kafka-port", str(self.kafka_port),
                 "--controller-port", str(self.controller_port),
+                "--sasl-port", str(self.sasl_port),
                 "--redis-port", str(self.redis_port), "--timeout", "150",
             ],
             check=True,

@@ -1,0 +1,79 @@
+"""The broker clients authenticate for real: SCRAM-SHA-512 over TLS on the local broker's SASL_SSL
+listener, with clients built from ``KafkaSettings`` as a deployment builds them.
+
+What a failure looks like is pinned because the worker maps it to an exit status: with
+kafka-python 3.0 a wrong password and an unreadable CA file both end, after the client's
+bootstrap budget, in ``KafkaTimeoutError("Unable to bootstrap from <host:port>")``, the same
+error as a broker that is down. The cause is only in kafka-python's log: the broker closes the
+connection after the failed SCRAM exchange (``socket disconnected``, sometimes ``[Error 58]
+SaslAuthenticationFailedError``), and opening the CA file fails each attempt (``[Errno 2] No such
+file or directory``); the bootstrap loop retries both until its deadline.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+from kafka import TopicPartition
+from kafka.errors import KafkaTimeoutError
+from pydantic import SecretStr
+
+from memkd_stream.broker.clients import make_producer, make_reader
+from tests.integration.conftest import SaslListener
+
+pytestmark = pytest.mark.integration
+
+# The client's bootstrap budget in these tests, and how long a refusal may take at most (a
+# bound against hanging, not a measurement: the CPUs are shared).
+BUDGET_S = 3.0
+WITHIN_S = 30.0
+
+
+def test_produce_and_read_back_through_sasl_ssl(kafka_sasl: SaslListener, unique_topic) -> None:
+    topic = unique_topic()
+    settings = kafka_sasl.settings()
+    value = os.urandom(2 * 1024 * 1024)  # larger than one TLS record and one socket read
+    producer = make_producer(settings)
+    try:
+        meta = producer.send(topic, key=b"cam-1", value=value, headers=[("h", b"v")]).get(60)
+    finally:
+        producer.close()
+    reader = make_reader(settings, timeout_s=30)
+    try:
+        partition = TopicPartition(topic, meta.partition)
+        reader.assign([partition])
+        reader.seek(partition, meta.offset)
+        deadline = time.monotonic() + 30
+        records = []
+        while not records and time.monotonic() < deadline:
+            records = reader.poll(timeout_ms=500).get(partition, [])
+    finally:
+        reader.close()
+    assert records, f"nothing read back from {topic} over SASL_SSL"
+    record = records[0]
+    assert (record.key, record.value, list(record.headers)) == (b"cam-1", value, [("h", b"v")])
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        pytest.param({"sasl_password": SecretStr("not-the-password")}, id="wrong-password"),
+        pytest.param({"ssl_cafile": Path("/nonexistent/memkd-ca.pem")}, id="missing-ca-file"),
+    ],
+)
+@pytest.mark.parametrize("client", ["producer", "reader"])
+def test_refused_login_is_a_bootstrap_timeout_within_the_budget(
+    kafka_sasl: SaslListener, changes: dict, client: str
+) -> None:
+    settings = kafka_sasl.settings(unreachable_timeout_s=BUDGET_S, **changes)
+    started = time.monotonic()
+    with pytest.raises(KafkaTimeoutError) as err:
+        if client == "producer":
+            make_producer(settings)  # bootstraps within unreachable_timeout_s
+        else:
+            make_reader(settings, timeout_s=BUDGET_S)
+    assert str(err.value) == f"KafkaTimeoutError: Unable to bootstrap from {kafka_sasl.bootstrap}"
+    assert time.monotonic() - started < WITHIN_S

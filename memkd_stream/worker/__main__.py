@@ -2,8 +2,8 @@
 
 Builds everything from settings (DESIGN.md §6), serves ``/metrics``, ``/healthz`` and ``/readyz``,
 loads the teachers and preloads lines, starts the hot swapper and runs the Kafka loop until
-SIGTERM/SIGINT (logged the moment it arrives). Exit codes (``ExitCode``): 0 after a clean drain,
-1 ended hard because the drain overran its grace, 2 bad settings or a teacher that cannot be
+SIGTERM/SIGINT (logged the moment it arrives). Exit codes (``ExitCode``, the table in README.md):
+0 after a clean drain, 1 ended hard, 2 settings or credentials to fix or a teacher that cannot be
 loaded, 3 Kafka broker unreachable for longer than ``kafka.unreachable_timeout_s`` (Kubernetes
 restarts the pod; nothing unacknowledged was committed).
 """
@@ -41,8 +41,10 @@ HTTP endpoints (on MEMKD_METRICS__HOST:MEMKD_METRICS__PORT, default 0.0.0.0:9400
 
 exit codes:
   0  drained and stopped after SIGTERM/SIGINT
-  1  ended hard: a drain did not finish within worker.drain_grace_s + 5 s
-  2  bad settings, or a teacher that cannot be loaded
+  1  ended hard: a drain did not finish within worker.drain_grace_s + 5 s, or a fetched
+     record could not be located to skip it
+  2  bad settings, credentials or certificate the broker refuses, or a teacher that cannot
+     be loaded (a restart cannot help)
   3  Kafka broker unreachable for longer than kafka.unreachable_timeout_s
 
 examples:

@@ -125,6 +125,7 @@ def test_broker_lost_mid_stream_exits_3_and_commits_only_delivered(
             assert set(range(committed[p] or 0)) <= delivered[p], (p, committed[p])
 
         successor = env.spawn_worker(tmp_path / "worker2.log")
+        wait_ready(successor)  # a SIGTERM in the middle of a slow start-up would end it hard
         want = {i for i, _ in payload}
         deadline = time.monotonic() + 150
         seen: set[str] = set()

@@ -545,6 +545,15 @@ def _java() -> str:
     return java
 
 
+def _cluster_id() -> str:
+    """A random KRaft cluster id. One in 64 base64url ids starts with "-", which kafka-storage's
+    argument parser reads as an option (Kafka's own Uuid.randomUuid() redraws those too)."""
+    while True:
+        cluster_id = urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
 def _java_cmd(lay: Layout, main: str, *args: str) -> list[str]:
     if not any(lay.lib.glob("kafka_2.13-*.jar")):
         raise ServiceError(f"Kafka jars missing in {lay.lib}; run `make setup`")
@@ -597,7 +606,7 @@ def kafka_service(lay: Layout) -> Service:
             },
         )
         if not (data / "meta.properties").exists():
-            cluster_id = urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            cluster_id = _cluster_id()
             cmd = _java_cmd(
                 lay,
                 "kafka.tools.StorageTool",

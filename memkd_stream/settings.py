@@ -49,6 +49,7 @@ from memkd_stream.log import redact_url, register_secret
 
 if TYPE_CHECKING:
     import redis
+    from redis.retry import Retry
 
 __all__ = [
     "ENV_PREFIX",
@@ -72,6 +73,8 @@ GiB = 1024 * MiB
 _SECRET_FIELDS = frozenset({"sasl_password", "ssl_password", "password"})
 _DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
 _LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# Longest pause between two attempts of a Redis call that lost its connection.
+_REDIS_BACKOFF_CAP_S = 2.0
 
 # The TOML file of the current load_settings() call (pydantic-settings asks for sources per class,
 # not per call; a context variable keeps concurrent loads independent).
@@ -117,6 +120,26 @@ class KafkaSettings(_Group):
     request_timeout_ms: int = Field(30000, ge=1000)
     # Broker down longer than this -> the worker exits non-zero so that Kubernetes restarts it.
     unreachable_timeout_s: float = Field(60.0, gt=0)
+    # A worker that stops heartbeating (kill -9, a lost node) hands its partitions over after
+    # this long: the parts on a line pass uninspected meanwhile. The broker's
+    # group.min.session.timeout.ms (default 6000) is the floor.
+    session_timeout_ms: int = Field(6000, ge=1000)
+    heartbeat_interval_ms: int = Field(2000, ge=100)
+    # Static group membership (KIP-345), off by default: a restart within the session timeout
+    # keeps the partitions without a rebalance, but a static member never leaves the group, so
+    # a scale-down or a rollout to new pod names idles its partitions for a session timeout.
+    group_instance_id: str | None = None
+    # Longest wait between reconnect attempts: a broker that is back is noticed this fast.
+    reconnect_backoff_max_ms: int = Field(1000, ge=50)
+
+    @model_validator(mode="after")
+    def _heartbeat_within_session(self) -> KafkaSettings:
+        if self.heartbeat_interval_ms * 3 > self.session_timeout_ms:
+            raise ValueError(
+                "heartbeat_interval_ms must be at most a third of session_timeout_ms "
+                f"(got {self.heartbeat_interval_ms} and {self.session_timeout_ms})"
+            )
+        return self
 
     @model_validator(mode="after")
     def _sasl_complete(self) -> KafkaSettings:
@@ -187,7 +210,11 @@ class RedisSettings(_Group):
     key_prefix: str = "memkd:"
     chunk_bytes: int = Field(8 * MiB, ge=1024, le=512 * MiB)
     retention_versions: int = Field(5, ge=2)
+    # One Redis round trip (or connect) longer than this has failed.
     socket_timeout_s: float = Field(5.0, gt=0)
+    # How long a Redis call keeps retrying a lost connection (backing off) before it fails:
+    # `fit` rides out a Redis restart while it publishes; the worker retries on its loader
+    # thread, so lines it holds never wait on Redis.
     unreachable_timeout_s: float = Field(30.0, gt=0)
 
     @field_validator("url")
@@ -201,6 +228,16 @@ class RedisSettings(_Group):
         for name, value in super().__repr_args__():
             yield name, redact_url(value) if name == "url" else value
 
+    def retry(self) -> Retry:
+        """Retries of a lost connection that fit ``unreachable_timeout_s``: each attempt may
+        take a socket timeout, each backoff at most ``_REDIS_BACKOFF_CAP_S``."""
+        from redis.backoff import ExponentialBackoff
+        from redis.retry import Retry
+
+        per_attempt = self.socket_timeout_s + _REDIS_BACKOFF_CAP_S
+        retries = max(0, int(self.unreachable_timeout_s / per_attempt))
+        return Retry(ExponentialBackoff(cap=_REDIS_BACKOFF_CAP_S, base=0.1), retries)
+
     def client(self) -> redis.Redis:
         """A binary-safe redis-py client (``decode_responses=False``: artifacts are bytes)."""
         import redis
@@ -212,6 +249,8 @@ class RedisSettings(_Group):
             "socket_timeout": self.socket_timeout_s,
             "socket_connect_timeout": self.socket_timeout_s,
             "health_check_interval": 30,
+            "retry": self.retry(),
+            "retry_on_error": [redis.ConnectionError, redis.TimeoutError],
         }
         if self.username is not None:
             kwargs["username"] = self.username
@@ -257,6 +296,9 @@ class WorkerSettings(_Group):
     refresh_interval_s: float = Field(30, gt=0)
     drain_grace_s: float = Field(25, gt=0)
     rebalance_budget_s: float = Field(10, gt=0)
+    # A worker thread (consumer, decode, inference, publisher, hot swap) that makes no progress
+    # for this long fails /healthz, and Kubernetes restarts the pod.
+    stuck_after_s: float = Field(60, gt=0)
     worker_id: str = Field(default_factory=socket.gethostname, min_length=1)
 
     @field_validator("preload_lines", mode="before")

@@ -52,6 +52,9 @@ def connection_kwargs(kafka: KafkaSettings) -> dict[str, Any]:
     kwargs: dict[str, Any] = dict(kafka.client_kwargs())
     kwargs.setdefault("bootstrap_servers", kafka.bootstrap_servers)
     kwargs.setdefault("request_timeout_ms", int(kafka.request_timeout_ms))
+    # kafka-python backs off up to 30 s between reconnects by default: a broker back after an
+    # outage went unnoticed for that long (once past the unreachable budget).
+    kwargs.setdefault("reconnect_backoff_max_ms", kafka.reconnect_backoff_max_ms)
     return kwargs
 
 
@@ -82,6 +85,9 @@ def make_consumer(
         max_partition_fetch_bytes=fetch_bytes,
         fetch_max_bytes=max(fetch_bytes, 52428800),
         max_poll_records=max_poll_records,
+        session_timeout_ms=kafka.session_timeout_ms,
+        heartbeat_interval_ms=kafka.heartbeat_interval_ms,
+        group_instance_id=kafka.group_instance_id,
         bootstrap_timeout_ms=int(kafka.request_timeout_ms),
         # A topic created (or partitions added) after the worker joined is noticed within 30 s,
         # not the client default of 5 min.

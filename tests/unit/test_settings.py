@@ -291,3 +291,10 @@ def test_a_ca_file_that_is_not_pem_is_a_settings_error(
     with pytest.raises(SettingsError) as caught:
         load_settings()
     assert "is not a readable PEM CA file" in str(caught.value)
+
+
+def test_redis_retries_fit_the_unreachable_budget() -> None:
+    """Each attempt may take a socket timeout and a backoff of at most 2 s."""
+    assert RedisSettings(socket_timeout_s=5, unreachable_timeout_s=30).retry()._retries == 4
+    assert RedisSettings(socket_timeout_s=1, unreachable_timeout_s=3).retry()._retries == 1
+    assert RedisSettings(socket_timeout_s=5, unreachable_timeout_s=1).retry()._retries == 0

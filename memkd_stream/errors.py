@@ -41,6 +41,7 @@ class ErrorCode(StrEnum):
     KAFKA_UNAVAILABLE = "kafka-unavailable"
     KAFKA_REFUSED = "kafka-refused"
     TOPIC_MISSING = "topic-missing"
+    DEVICE_FAULT = "device-fault"
 
 
 class ExitCode(IntEnum):
@@ -55,6 +56,7 @@ class ExitCode(IntEnum):
     # worker: also a teacher that cannot be loaded
     USAGE = 2
     BROKER_UNREACHABLE = 3  # memkd-worker: Kafka unreachable longer than its budget
+    DEVICE_FAULT = 4  # memkd-worker: the device fails every batch (a restart may get a good one)
     INTERRUPTED = 130  # memkd-stream: Ctrl-C
 
 

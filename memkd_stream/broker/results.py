@@ -2,7 +2,8 @@
 
 Reads without a consumer group (nothing is committed, nothing is taken from the workers). A
 result comes back as its JSON document plus its Kafka headers; a dead letter as the fields of
-its headers (the image it carries is of no use on a terminal).
+its headers (the image it carries is of no use on a terminal); both with ``kafka``: where the
+record itself sits (partition, offset) and when it was produced (``timestamp_ms``).
 """
 
 from __future__ import annotations
@@ -85,6 +86,11 @@ def read_results(
                     if line is not None and key != line:
                         continue
                     doc = parse_record(record.value, record.headers, key)
+                    doc["kafka"] = {
+                        "partition": record.partition,
+                        "offset": record.offset,
+                        "timestamp_ms": record.timestamp,
+                    }
                     out.append(doc)
                     if on_record is not None:
                         on_record(doc)

@@ -31,6 +31,12 @@ __all__ = ["main"]
 
 # After SIGTERM the worker has drain_grace_s; this much more and the process is ended hard.
 _HARD_EXIT_MARGIN_S = 5.0
+# One start-up step (a teacher, one line's model) taking longer than this is stuck.
+_STARTUP_STEP_S = 300.0
+
+
+class _StopDuringStartUp(Exception):
+    """SIGTERM arrived while lines were preloading: stop there, cleanly."""
 
 
 _EPILOG = """\
@@ -151,6 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         metrics.registry,
         heartbeats,
         worker.ready_checks,
+        stopping=lambda: worker.state.fatal,
     ).start()
     log.info("metrics and health serving", host=settings.metrics.host, port=server.port)
 
@@ -158,15 +165,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     if stop_requested.is_set():
         worker.stop()
 
+    # Start-up (teachers, preload) beats per step: /healthz says "starting" while it progresses
+    # and "stuck" when a step hangs; the Deployment's startupProbe waits for it, not liveness.
+    heartbeats.register("startup", _STARTUP_STEP_S)
+
+    def step_done() -> None:
+        heartbeats.beat("startup")
+        if stop_requested.is_set():
+            raise _StopDuringStartUp
+
     try:
-        held = engine.preload(list(settings.worker.preload_lines))
+        held = engine.preload(list(settings.worker.preload_lines), beat=step_done)
+    except _StopDuringStartUp:
+        log.info("stopped during start-up")
+        server.stop()
+        return ExitCode.OK
     except Exception as exc:  # teacher weights missing or unreadable: nothing can be scored
         log.error("cannot load the teacher; the worker cannot score anything", error=str(exc))
         server.stop()
         return ExitCode.USAGE
+    heartbeats.unregister("startup")
     log.info("lines preloaded", lines=held)
-    swapper = HotSwapper(store, engine, settings.worker.refresh_interval_s)
+    swapper = HotSwapper(
+        store,
+        engine,
+        settings.worker.refresh_interval_s,
+        heartbeats=heartbeats,
+        stuck_after_s=settings.worker.stuck_after_s,
+    )
     swapper.start()
+    server.started()
     try:
         code = ExitCode.OK if stop_requested.is_set() else worker.run()
     finally:

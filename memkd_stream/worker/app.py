@@ -33,6 +33,8 @@ __all__ = ["Worker"]
 
 # Margin kept from drain_grace_s for flush, commit and close after the drain wait.
 _CLOSE_MARGIN_S = 3.0
+# After a fatal error: time to leave the group and close, not to flush (nothing is committed).
+_ABORT_CLOSE_S = 2.0
 
 
 class Worker:
@@ -66,10 +68,6 @@ class Worker:
         self.rebalance = RebalanceHandler(
             ctx, self.committer, self.flow, self.consumer_loop.next_offset
         )
-        ws = ctx.worker
-        stale = max(60.0, 3 * ws.rebalance_budget_s, ws.drain_grace_s)
-        ctx.heartbeats.register("consumer", stale)
-        ctx.heartbeats.register("inference", stale)
 
     @property
     def state(self) -> RunState:
@@ -110,6 +108,11 @@ class Worker:
                 error=str(exc),
             )
             return ExitCode.BROKER_UNREACHABLE
+        ws = ctx.worker
+        # the consumer thread waits in poll() for a revoke's budget, and drains for its grace
+        stale = max(ws.stuck_after_s, ws.rebalance_budget_s + 5, ws.drain_grace_s)
+        for loop in ("consumer", "inference", "publisher"):  # watched from now on
+            ctx.heartbeats.register(loop, stale)
         self.pipeline.start()
         ctx.log.info(
             "worker consuming",
@@ -207,16 +210,16 @@ class Worker:
         state.closing = True
         state.draining.set()
         self.pipeline.shutdown(wait=False)
-        self._close_clients(timeout_s=0.5, leave_group=False)
+        # Leave the group even now: the partitions move on at once instead of after a session
+        # timeout (a dead broker makes this give up after the timeout).
+        self._close_clients(timeout_s=_ABORT_CLOSE_S)
 
-    def _close_clients(self, timeout_s: float, leave_group: bool = True) -> None:
+    def _close_clients(self, timeout_s: float) -> None:
+        """Close the consumer (leaving the group, committing nothing) and the producer."""
         consumer, producer = self.state.consumer, self.state.producer
         if consumer is not None:
             try:
-                if leave_group:
-                    consumer.close(autocommit=False, timeout_ms=int(timeout_s * 1000))
-                else:
-                    consumer.close(autocommit=False, timeout_ms=100)
+                consumer.close(autocommit=False, timeout_ms=int(timeout_s * 1000))
             except Exception as exc:
                 self.ctx.log.warning("consumer close failed", error=str(exc))
         if producer is not None:

@@ -24,9 +24,13 @@ old version keeps serving.
 from __future__ import annotations
 
 import io
+import queue
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -57,6 +61,8 @@ __all__ = [
 ]
 
 _WRN50 = "wide_resnet50_2"
+# How long a decode thread waits for a line that is not held before it parks the record.
+_LOAD_WAIT_S = 0.5
 _PUBLISH_HINT = "publish one with 'memkd-stream fit --line LINE' or 'memkd-stream lines publish'"
 # While Redis fails, cache misses fail fast between probes; the window doubles up to the bound.
 _STORE_RETRY_START_S = 1.0
@@ -139,7 +145,11 @@ class Engine:
         self._cache: OrderedDict[str, LoadedLine] = OrderedDict()
         self._teachers: dict[str, Teacher] = {}
         self._teacher_lock = threading.Lock()
-        self._line_locks: dict[str, threading.Lock] = {}
+        # One load at a time, off the decode threads; at most one pending load per line. A
+        # daemon thread: a load stuck on a blackholed Redis must not hold the process at exit.
+        self._load_queue: queue.SimpleQueue[tuple[str, Future[LoadedLine]]] = queue.SimpleQueue()
+        self._loads: dict[str, Future[LoadedLine]] = {}
+        threading.Thread(target=self._load_forever, name="memkd-load", daemon=True).start()
         self._refused: dict[str, dict[int, str]] = {}  # line -> broken version -> why
         self._store_down_until = 0.0
         self._store_retry_s = _STORE_RETRY_START_S
@@ -174,9 +184,10 @@ class Engine:
         with self._lock:
             return {line: loaded.version for line, loaded in self._cache.items()}
 
-    def _line_lock(self, line: str) -> threading.Lock:
+    @property
+    def cached_bytes(self) -> int:
         with self._lock:
-            return self._line_locks.setdefault(line, threading.Lock())
+            return sum(loaded.nbytes for loaded in self._cache.values())
 
     def _lookup(self, line: str) -> LoadedLine | None:
         with self._lock:
@@ -253,12 +264,17 @@ class Engine:
             with self._lock:
                 self._refused.setdefault(line, {})[version] = str(exc)
 
-    def get_line(self, line: str) -> LoadedLine:
+    def get_line(self, line: str, wait_s: float | None = _LOAD_WAIT_S) -> LoadedLine:
         """The line's model: a cache hit, else its active version loaded from the store.
+
+        Loads run on the engine's loader thread; the caller waits at most ``wait_s`` (None:
+        until done, for ``preload``), so a Redis that hangs never holds a decode thread for
+        long, and records of held lines keep flowing.
 
         Raises:
             UnknownLine: the store has no active version of ``line``.
-            LineUnavailable: the line cannot be loaded now (store down, broken artifact).
+            LineUnavailable: the line cannot be loaded now (store down, broken artifact, or
+                still loading).
         """
         loaded = self._lookup(line)
         if loaded is not None:
@@ -266,55 +282,80 @@ class Engine:
             return loaded
         if not self.directory.may_exist(line):  # no per-key state for invented keys
             raise UnknownLine(f"line {line!r} does not exist in Redis; {_PUBLISH_HINT}")
-        with self._line_lock(line):
-            loaded = self._lookup(line)  # another thread may have loaded it while we waited
-            if loaded is not None:
-                self.metrics.cache_hit(line)
-                return loaded
-            self.metrics.cache_miss(line)
-            self._check_store_gate(line)
+        self._check_store_gate(line)
+        with self._lock:
+            future = self._loads.get(line)
+            if future is None:
+                self.metrics.cache_miss(line)
+                future = self._loads[line] = Future()
+                self._load_queue.put((line, future))
+        try:
+            return future.result(timeout=wait_s)
+        except FutureTimeout:
+            raise LineUnavailable(f"line {line!r} is still loading from Redis") from None
+        finally:
+            if future.done():
+                with self._lock:
+                    if self._loads.get(line) is future:
+                        del self._loads[line]
+
+    def _load_forever(self) -> None:
+        """(loader thread) Run the queued loads, one at a time."""
+        while True:
+            line, future = self._load_queue.get()
+            if not future.set_running_or_notify_cancel():
+                continue
             try:
-                version = self.store.current(line)
-            except Exception as exc:
-                if _is_store_fault(exc):
-                    self._store_failed()
-                raise LineUnavailable(
-                    f"cannot read the active version of line {line!r}: {exc}"
-                ) from exc
-            if version is None:
-                raise UnknownLine(f"line {line!r} has no active model; {_PUBLISH_HINT}")
-            version = int(version)
-            reason = self._refused.get(line, {}).get(version)
-            if reason is not None:  # known-broken bytes: do not download them again
-                raise LineUnavailable(
-                    f"line {line}@{version} cannot be loaded ({reason}); activate another "
-                    f"version with 'memkd-stream lines activate {line} VERSION'"
-                )
-            try:
-                loaded = self._load(line, version)
-            except Exception as exc:
-                self._load_failed(line, version, exc)
-                self.log.warning(
-                    "line model could not be loaded",
-                    line=line,
-                    version=version,
-                    error=str(exc),
-                    code=getattr(exc, "code", type(exc).__name__),
-                )
-                raise LineUnavailable(f"cannot load line {line}@{version}: {exc}") from exc
-            self._store_ok()
-            self._insert(loaded)
-            self.log.info(
-                "line model loaded", line=line, version=loaded.version, nbytes=loaded.nbytes
-            )
+                future.set_result(self._load_active(line))
+            except BaseException as exc:  # handed to whoever waits for this line
+                future.set_exception(exc)
+
+    def _load_active(self, line: str) -> LoadedLine:
+        """(loader thread) Read the line's active version and load it into the cache."""
+        loaded = self._lookup(line)  # loaded meanwhile (a swap, an earlier load)
+        if loaded is not None:
             return loaded
+        try:
+            version = self.store.current(line)
+        except Exception as exc:
+            if _is_store_fault(exc):
+                self._store_failed()
+            raise LineUnavailable(
+                f"cannot read the active version of line {line!r}: {exc}"
+            ) from exc
+        if version is None:
+            raise UnknownLine(f"line {line!r} has no active model; {_PUBLISH_HINT}")
+        version = int(version)
+        reason = self._refused.get(line, {}).get(version)
+        if reason is not None:  # known-broken bytes: do not download them again
+            raise LineUnavailable(
+                f"line {line}@{version} cannot be loaded ({reason}); activate another "
+                f"version with 'memkd-stream lines activate {line} VERSION'"
+            )
+        try:
+            loaded = self._load(line, version)
+        except Exception as exc:
+            self._load_failed(line, version, exc)
+            self.log.warning(
+                "line model could not be loaded",
+                line=line,
+                version=version,
+                error=str(exc),
+                code=getattr(exc, "code", type(exc).__name__),
+            )
+            raise LineUnavailable(f"cannot load line {line}@{version}: {exc}") from exc
+        self._store_ok()
+        self._insert(loaded)
+        self.log.info("line model loaded", line=line, version=loaded.version, nbytes=loaded.nbytes)
+        return loaded
 
     def line_activated(self, line: str) -> None:
         """An activation event named ``line``: it exists now, whatever was answered before."""
         self.directory.add(line)
 
     def swap(self, line: str, version: int) -> bool:
-        """Load ``line@version`` in the caller's thread and swap it in if it loads.
+        """Load ``line@version`` in the caller's thread (the hot-swap thread: one swap at a
+        time) and swap it in if it loads.
 
         Only lines held in the cache are swapped (others load on demand). A broken artifact is
         refused (logged, ``metrics.swap_failed``) and never retried; the old version keeps
@@ -329,44 +370,46 @@ class Engine:
             return False
         if version in self._refused.get(line, {}):
             return False
-        with self._line_lock(line):
-            held_now = self.held_lines().get(line)
-            if held_now is None or held_now == version:
-                return False
-            try:
-                loaded = self._load(line, version)
-            except Exception as exc:
-                self._load_failed(line, version, exc)
-                if _is_store_fault(exc):
-                    raise  # transient: the caller backs off and retries
-                self.log.warning(
-                    "new line model refused; the old version keeps serving",
-                    line=line,
-                    version=version,
-                    serving=held_now,
-                    error=str(exc),
-                    code=getattr(exc, "code", type(exc).__name__),
-                )
-                self.metrics.swap_failed(line)
-                return False
-            self._store_ok()
-            with self._lock:
-                still_held = line in self._cache
-            if not still_held:  # evicted while loading: do not grow the cache behind its back
-                return False
-            self._insert(loaded)
+        held_now = held[line]
+        try:
+            loaded = self._load(line, version)
+        except Exception as exc:
+            self._load_failed(line, version, exc)
+            if _is_store_fault(exc):
+                raise  # transient: the caller backs off and retries
+            self.log.warning(
+                "new line model refused; the old version keeps serving",
+                line=line,
+                version=version,
+                serving=held_now,
+                error=str(exc),
+                code=getattr(exc, "code", type(exc).__name__),
+            )
+            self.metrics.swap_failed(line)
+            return False
+        self._store_ok()
+        with self._lock:
+            still_held = line in self._cache
+        if not still_held:  # evicted while loading: do not grow the cache behind its back
+            return False
+        self._insert(loaded)
         self.log.info("line model swapped", line=line, version=version, previous=held_now)
         self.metrics.swap(line, version)
         return True
 
-    def preload(self, lines: list[str] | tuple[str, ...] = ()) -> list[str]:
+    def preload(
+        self, lines: list[str] | tuple[str, ...] = (), beat: Callable[[], None] = lambda: None
+    ) -> list[str]:
         """Load the teachers, then the active version of ``lines`` (empty = every line in the
-        store). Failures are logged, not raised: such lines load on demand later.
+        store) until the cache is full: no line is loaded only to evict another. Failures are
+        logged, not raised: such lines load on demand later. ``beat`` is called after each
+        step (start-up progress for the health endpoint).
 
         Returns:
             The lines now held.
         """
         self.load_teachers()
+        beat()
         wanted = list(lines)
         if not wanted:
             try:
@@ -374,17 +417,20 @@ class Engine:
             except Exception as exc:
                 self.log.warning("cannot list lines to preload", error=str(exc))
                 return []
-        if len(wanted) > self.max_models:
-            self.log.warning(
-                "more lines to preload than the cache holds; the last ones win",
-                lines=len(wanted),
-                cache_max_models=self.max_models,
-            )
-        for line in wanted:
+        for index, line in enumerate(wanted):
+            if len(self.held_lines()) >= self.max_models or self.cached_bytes >= self.max_bytes:
+                self.log.warning(
+                    "the line cache is full; the other lines load on demand",
+                    skipped=wanted[index:],
+                    cache_max_models=self.max_models,
+                    cache_max_bytes=self.max_bytes,
+                )
+                break
             try:
-                self.get_line(line)
+                self.get_line(line, wait_s=None)
             except MemkdStreamError as exc:
                 self.log.warning("preload skipped a line", line=line, code=exc.code, error=str(exc))
+            beat()
         return sorted(self.held_lines())
 
     # ----------------------------------------------------------------- scoring

@@ -108,6 +108,8 @@ class FlowControl:
 
     def forget(self, tp: TopicPartition) -> None:
         """Drop a revoked/lost partition's parked records and pause state (hold ``lock``)."""
-        self.parked.pop(tp, None)
+        for _, item in self.parked.pop(tp, []):
+            if item.request is not None:
+                self.pipeline.line_abandoned(item.request.line)
         self.retrying.pop(tp, None)
         self.paused.discard(tp)

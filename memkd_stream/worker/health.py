@@ -1,21 +1,25 @@
 """The worker's HTTP endpoints: ``/metrics``, ``/healthz`` and ``/readyz`` (DESIGN.md §6).
 
-- ``/healthz`` (liveness): the process answers and every registered loop has beaten within its
-  staleness limit. A consumer loop stuck in a callback or an inference thread wedged on the
-  device shows as 503 and Kubernetes restarts the pod.
-- ``/readyz`` (readiness): the teachers are loaded and the broker is reachable. Deliberately not
-  "partitions assigned": a spare pod with no partition is ready to take one on the next
-  rebalance. Per-line state lives in the metrics, not here.
+- ``/healthz`` (liveness): 503 ``starting`` until start-up (teachers, preload) is over, which
+  the Deployment's startupProbe waits for, so a long preload is never killed by liveness; then
+  200 while every long-lived thread (consumer, decode pool, inference, publisher, hot swap) has
+  beaten within its limit and no decode or load has run past its own; 503 ``stuck`` otherwise
+  (Kubernetes restarts the pod), and 503 ``stopping`` once the run has turned fatal.
+- ``/readyz`` (readiness): the teachers are loaded and the broker is reachable, and the run is
+  not stopping. Deliberately not "partitions assigned": a spare pod with no partition is ready to
+  take one on the next rebalance. Per-line state lives in the metrics, not here.
 
 One small threaded ``http.server``; the bodies are JSON so a human with curl sees why.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -24,12 +28,19 @@ __all__ = ["HealthServer", "Heartbeats"]
 
 
 class Heartbeats:
-    """Last-beat times of named loops, each with its own staleness limit."""
+    """Last-beat times of named loops, each with its own staleness limit, and pieces of work
+    (a decode, a model load) that must each finish within theirs.
+
+    A loop that beats in its own loop goes stale when it hangs and when its thread dies; a pool
+    thread has no loop of its own, so it reports each piece of work instead (``working``).
+    """
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._beats: dict[str, tuple[float, float]] = {}
+        self._work: dict[int, tuple[str, float, float]] = {}
         self._lock = threading.Lock()
+        self._next = itertools.count()
 
     def register(self, name: str, stale_after_s: float) -> None:
         with self._lock:
@@ -40,15 +51,36 @@ class Heartbeats:
             _, limit = self._beats.get(name, (0.0, 60.0))
             self._beats[name] = (self._clock(), limit)
 
+    def unregister(self, name: str) -> None:
+        """A loop that has finished (start-up) is no longer watched."""
+        with self._lock:
+            self._beats.pop(name, None)
+
+    @contextmanager
+    def working(self, name: str, limit_s: float) -> Iterator[None]:
+        """A piece of work that counts as stuck while it runs longer than ``limit_s``."""
+        key = next(self._next)
+        with self._lock:
+            self._work[key] = (name, self._clock(), limit_s)
+        try:
+            yield
+        finally:
+            with self._lock:
+                del self._work[key]
+
     def stale(self) -> dict[str, float]:
-        """Loops past their limit, with seconds since their last beat."""
+        """Loops and work past their limit, with seconds since the beat (or the start)."""
         now = self._clock()
         with self._lock:
-            return {
+            out = {
                 name: round(now - at, 1)
                 for name, (at, limit) in self._beats.items()
                 if now - at > limit
             }
+            for name, started, limit in self._work.values():
+                if now - started > limit:
+                    out[name] = max(out.get(name, 0.0), round(now - started, 1))
+            return out
 
 
 ReadyCheck = Callable[[], dict[str, bool]]
@@ -64,10 +96,13 @@ class HealthServer:
         registry: CollectorRegistry,
         heartbeats: Heartbeats,
         ready_checks: ReadyCheck,
+        stopping: Callable[[], str | None] = lambda: None,
     ) -> None:
         self.registry = registry
         self.heartbeats = heartbeats
         self.ready_checks = ready_checks
+        self.stopping = stopping
+        self._started = threading.Event()
         self._server = ThreadingHTTPServer((host, port), self._handler_class())
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
@@ -89,13 +124,26 @@ class HealthServer:
         if self._thread is not None:
             self._thread.join(timeout=5)
 
+    def started(self) -> None:
+        """Start-up (teachers, preload) is over: liveness is judged from now on."""
+        self._started.set()
+
     def healthz(self) -> tuple[int, dict[str, object]]:
         stale = self.heartbeats.stale()
+        if not self._started.is_set():
+            # 503 until start-up is over (the startupProbe's budget covers it, not liveness's)
+            return 503, {"status": "stuck" if stale else "starting", "stale_s": stale}
+        reason = self.stopping()
+        if reason is not None:
+            return 503, {"status": "stopping", "reason": reason}
         if stale:
-            return 503, {"status": "stuck", "stale_loops_s": stale}
+            return 503, {"status": "stuck", "stale_s": stale}
         return 200, {"status": "ok"}
 
     def readyz(self) -> tuple[int, dict[str, object]]:
+        reason = self.stopping()
+        if reason is not None:
+            return 503, {"status": "stopping", "reason": reason}
         try:
             checks = self.ready_checks()
         except Exception as exc:  # a failing check is "not ready", never a crashed endpoint

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
     from memkd_stream.lines.store import LineStore
     from memkd_stream.worker.engine import Engine
+    from memkd_stream.worker.health import Heartbeats
 
 __all__ = ["HotSwapper"]
 
@@ -39,6 +40,9 @@ _BACKOFF_START_S = 0.2
 _BACKOFF_MAX_S = 5.0
 # Longest blocking wait on the pub/sub socket: bounds how long stop() waits for the loop.
 _POLL_S = 0.25
+# The loop beats at least every _BACKOFF_MAX_S, or after one Redis call that hangs for its
+# socket timeout and retries (redis.unreachable_timeout_s, 30 s by default): past this, stuck.
+_STALE_S = 120.0
 
 
 class HotSwapper:
@@ -50,6 +54,8 @@ class HotSwapper:
         refresh_interval_s: how often ``current`` of every held line is re-read.
         log: a structlog logger (default: this module's).
         client: the ``redis.Redis`` to subscribe with (default: the store's client).
+        heartbeats: where the thread reports that it is alive (``hot-swap``), stuck after
+            ``stuck_after_s`` or one Redis call's worst case, whichever is longer.
     """
 
     def __init__(
@@ -60,12 +66,17 @@ class HotSwapper:
         log: Logger | None = None,
         *,
         client: redis.Redis | None = None,
+        heartbeats: Heartbeats | None = None,
+        stuck_after_s: float = 0.0,
     ) -> None:
         self.store = store
         self.engine = engine
         self.refresh_interval_s = float(refresh_interval_s)
         self.log = log if log is not None else get_logger(__name__)
         self._client = client if client is not None else store.client
+        self._heartbeats = heartbeats
+        if heartbeats is not None:
+            heartbeats.register("hot-swap", max(stuck_after_s, _STALE_S))
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._connected = threading.Event()
@@ -103,8 +114,13 @@ class HotSwapper:
         return self._thread is not None and self._thread.is_alive()
 
     # ----------------------------------------------------------------- loop
+    def _beat(self) -> None:
+        if self._heartbeats is not None:
+            self._heartbeats.beat("hot-swap")
+
     def _run(self) -> None:
         while not self._stop.is_set():
+            self._beat()
             pubsub = None
             try:
                 pubsub = self._client.pubsub()
@@ -137,6 +153,7 @@ class HotSwapper:
         """
         next_refresh: float | None = None  # no periodic re-read before the first subscribe
         while not self._stop.is_set():
+            self._beat()
             wait = _POLL_S
             if next_refresh is not None:
                 wait = max(0.0, min(_POLL_S, next_refresh - time.monotonic()))

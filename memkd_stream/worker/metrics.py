@@ -105,6 +105,11 @@ class WorkerMetrics:
             "Partitions paused (backpressure or unavailable line)",
             registry=r,
         )
+        self.device_faults = Counter(
+            "memkd_device_faults",
+            "Device faults (every batch fails): the worker stops and exits 4",
+            registry=r,
+        )
         self.broker_reachable = Gauge(
             "memkd_broker_reachable", "1 when the last broker probe succeeded", registry=r
         )

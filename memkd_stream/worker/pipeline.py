@@ -15,12 +15,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import torch
 from memkd.anomaly import render_mask
 
 from memkd_stream.contract.codes import DeadLetterCode
 from memkd_stream.contract.request import Request
 from memkd_stream.contract.result import encode_result, result_headers
+from memkd_stream.errors import ExitCode
 from memkd_stream.lines.errors import UnknownLine
 from memkd_stream.worker.batcher import Batch, MicroBatcher
 from memkd_stream.worker.context import WorkerContext
@@ -30,6 +30,7 @@ from memkd_stream.worker.decode import (
     ImageDecoder,
     encode_mask_png,
 )
+from memkd_stream.worker.device_guard import DeviceFault, DeviceGuard
 from memkd_stream.worker.engine import Engine, LoadedLine
 from memkd_stream.worker.sink import ResultSink
 from memkd_stream.worker.work_item import ScoredBatch, WorkItem, is_current, log_fields
@@ -37,6 +38,8 @@ from memkd_stream.worker.work_item import ScoredBatch, WorkItem, is_current, log
 __all__ = ["Pipeline"]
 
 _SENTINEL: Any = object()
+# An idle publisher still beats this often.
+_IDLE_BEAT_S = 0.5
 
 
 class Pipeline:
@@ -49,6 +52,7 @@ class Pipeline:
         self.engine = engine
         self.decoder = decoder
         self.sink = sink
+        self.guard = DeviceGuard(engine)
         self.infer_q: queue.Queue[WorkItem] = queue.Queue()
         self.publish_q: queue.Queue[ScoredBatch | None] = queue.Queue()
         # decode pool -> consumer thread: ("park", item) and ("retry_done", item)
@@ -90,7 +94,8 @@ class Pipeline:
     # ------------------------------------------------------------------ decode pool
     def _decode(self, item: WorkItem) -> None:
         try:
-            self._decode_one(item)
+            with self.ctx.heartbeats.working("decode", self.ctx.worker.stuck_after_s):
+                self._decode_one(item)
         except Exception as exc:  # never lose a record to an unexpected error
             self.ctx.log.exception("decode stage failed", **log_fields(item))
             self.sink.dead_letter(
@@ -130,6 +135,13 @@ class Pipeline:
         item.decoded_mono = time.monotonic()
         self.ctx.metrics.stage("decode", item.decode_s)
         self.infer_q.put(item)
+
+    def line_abandoned(self, line: str) -> None:
+        """A parked record of ``line`` was dropped (its partition moved): its outage clock
+        starts afresh, so the next owner's record is not dead-lettered on this one's time."""
+        with self._lock:
+            if self._unavailable_since.pop(line, None) is not None:
+                self.ctx.metrics.set_unavailable(line, False)
 
     def _line_unavailable(self, item: WorkItem, exc: BaseException) -> None:
         line = item.request.line if item.request else "?"
@@ -195,36 +207,55 @@ class Pipeline:
         batcher.add((loaded.line, loaded.version, loaded.backbone), item)
 
     def _run_batch(self, group: Batch[WorkItem]) -> None:
+        if self.ctx.state.fatal is not None:
+            return  # the circuit is open (or the run is over): leave the records uncommitted
         items = [it for it in group.items if is_current(self.ctx.tracker, it)]
         if not items:
             return
         loaded = _loaded(items[0])
         now = time.monotonic()
-        waits = [now - it.decoded_mono for it in items]
         started_wall = time.time()
-        t0 = time.perf_counter()
         try:
-            batch = torch.stack([_decoded(it).tensor for it in items])
-            result = self.engine.score(loaded, batch)
-            maps = result.maps[:, 0].detach().float().cpu().numpy()
-            scores = [float(s) for s in result.scores.detach().float().cpu()]
-        except Exception as exc:
-            self.ctx.log.exception(
-                "model failed on a batch", line=loaded.line, version=loaded.version, size=len(items)
-            )
-            for it in items:
-                self.sink.dead_letter(
-                    it, DeadLetterCode.MODEL_ERROR, f"{type(exc).__name__}: {exc}"
-                )
+            scored, failed = self.guard.run(loaded, items)
+        except DeviceFault as fault:
+            self._open_circuit(fault, loaded, len(items))
             return
-        forward_s = time.perf_counter() - t0
-        self.ctx.metrics.batch(len(items), forward_s)
-        self.publish_q.put(ScoredBatch(items, loaded, maps, scores, started_wall, forward_s, waits))
+        for part in scored:
+            waits = [now - it.decoded_mono for it in part.items]
+            self.ctx.metrics.batch(len(part.items), part.forward_s)
+            self.publish_q.put(
+                ScoredBatch(
+                    part.items, loaded, part.maps, part.scores, started_wall, part.forward_s, waits
+                )
+            )
+        for item, exc in failed:  # failed alone while the device works: the input's fault
+            self.ctx.log.warning(
+                "model failed on this image alone",
+                error=f"{type(exc).__name__}: {exc}",
+                **log_fields(item),
+            )
+            self.sink.dead_letter(item, DeadLetterCode.MODEL_ERROR, f"{type(exc).__name__}: {exc}")
+
+    def _open_circuit(self, fault: DeviceFault, loaded: LoadedLine, size: int) -> None:
+        """The device fails: stop dead-lettering, stop everything, exit 4 (DESIGN.md §4)."""
+        self.ctx.log.error(
+            "device fault: the worker stops and leaves its records uncommitted",
+            error=str(fault),
+            line=loaded.line,
+            version=loaded.version,
+            size=size,
+        )
+        self.ctx.metrics.device_faults.inc()
+        self.ctx.state.fail(f"device fault: {fault}", ExitCode.DEVICE_FAULT)
 
     # ------------------------------------------------------------------ publisher thread
     def _publish_loop(self) -> None:
         while True:
-            scored = self.publish_q.get()
+            self.ctx.heartbeats.beat("publisher")
+            try:
+                scored = self.publish_q.get(timeout=_IDLE_BEAT_S)
+            except queue.Empty:
+                continue
             if scored is None:
                 break
             for i, item in enumerate(scored.items):

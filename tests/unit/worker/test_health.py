@@ -33,9 +33,17 @@ def server():
     clock = _Clock()
     beats = Heartbeats(clock=clock)
     beats.register("consumer", 30.0)
-    state = {"teachers_loaded": True, "broker_reachable": True}
+    state: dict = {"teachers_loaded": True, "broker_reachable": True, "fatal": None}
     metrics = WorkerMetrics()
-    srv = HealthServer("127.0.0.1", 0, metrics.registry, beats, lambda: dict(state)).start()
+    srv = HealthServer(
+        "127.0.0.1",
+        0,
+        metrics.registry,
+        beats,
+        lambda: {k: v for k, v in state.items() if k != "fatal"},
+        stopping=lambda: state["fatal"],
+    ).start()
+    srv.started()
     yield srv, clock, beats, state, metrics
     srv.stop()
 
@@ -54,7 +62,7 @@ def test_healthz_fails_when_a_loop_is_stuck(server) -> None:
     clock.now += 31
     status, body = _get(srv.port, "/healthz")
     assert status == 503
-    assert "consumer" in json.loads(body)["stale_loops_s"]
+    assert "consumer" in json.loads(body)["stale_s"]
     beats.beat("consumer")
     assert _get(srv.port, "/healthz")[0] == 200
 
@@ -75,3 +83,40 @@ def test_readyz_is_teachers_and_broker_not_partitions(server) -> None:
 def test_unknown_path_is_404(server) -> None:
     srv, *_ = server
     assert _get(srv.port, "/nope")[0] == 404
+
+
+def test_start_up_is_not_live_yet_and_a_stalled_one_says_stuck() -> None:
+    clock = _Clock()
+    beats = Heartbeats(clock=clock)
+    beats.register("startup", 60.0)
+    srv = HealthServer("127.0.0.1", 0, WorkerMetrics().registry, beats, dict).start()
+    try:
+        status, body = _get(srv.port, "/healthz")
+        assert status == 503 and json.loads(body)["status"] == "starting"
+        clock.now += 61  # a preload that stopped making progress
+        assert json.loads(_get(srv.port, "/healthz")[1])["status"] == "stuck"
+        beats.beat("startup")
+        srv.started()
+        assert _get(srv.port, "/healthz")[0] == 200
+    finally:
+        srv.stop()
+
+
+def test_a_fatal_run_is_neither_ready_nor_live(server) -> None:
+    srv, _clock, _beats, state, _m = server
+    state["fatal"] = "device fault: CUDA error"
+    for path in ("/readyz", "/healthz"):
+        status, body = _get(srv.port, path)
+        assert status == 503 and json.loads(body)["status"] == "stopping", path
+
+
+def test_work_running_past_its_limit_is_stuck(server) -> None:
+    """A pool thread has no loop to beat in: a decode that hangs is reported by its age."""
+    srv, clock, beats, _state, _m = server
+    with beats.working("decode", 10.0):
+        assert _get(srv.port, "/healthz")[0] == 200
+        clock.now += 11
+        beats.beat("consumer")
+        status, body = _get(srv.port, "/healthz")
+        assert status == 503 and "decode" in json.loads(body)["stale_s"]
+    assert _get(srv.port, "/healthz")[0] == 200  # finished: no longer stuck

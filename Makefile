@@ -5,6 +5,7 @@
 #                       dev user memkd, dev-constant password; CA var/kafka/tls/ca.pem) + Redis :36379
 #   make services-down  stop exactly what services-up started (pid files under var/run)
 #   make test           setup, services up, all tests, services down (if this run started them)
+#   make faults         only the fault suite (kill -9, restarts, device fault); make test runs it too
 #   make lint           ruff (lint + format check), mypy, import boundaries (make format fixes)
 #   make demo           train a line, stream its test images through a worker, show the verdicts
 #   make bench          model speed, accuracy and end-to-end streaming benchmarks (bench/results)
@@ -60,10 +61,10 @@ define with_services
 	exit $$rc
 endef
 
-.PHONY: help setup services-up services-down services-status test lint format demo bench clean
+.PHONY: help setup services-up services-down services-status test faults lint format demo bench clean
 
 help:
-	@sed -n '3,13p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '3,14p' Makefile | sed 's/^# \{0,1\}//'
 
 setup: $(STAMPS)/venv $(STAMPS)/kafka-jars $(STAMPS)/redis
 
@@ -116,6 +117,9 @@ services-status: setup
 
 test: setup
 	$(call with_services,$(TEST_ENV) $(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS) tests)
+
+faults: setup
+	$(call with_services,$(TEST_ENV) $(PY) -m pytest -p no:cacheprovider -m faults $(PYTEST_ARGS) tests)
 
 lint: $(STAMPS)/venv
 	$(VENV)/bin/ruff check .

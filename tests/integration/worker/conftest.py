@@ -135,6 +135,7 @@ def worker_env(request: pytest.FixtureRequest) -> Iterator[WorkerEnv]:
         "MEMKD_REDIS__URL": REDIS_URL,
         "MEMKD_REDIS__KEY_PREFIX": f"wtest:{suffix}:",
         "MEMKD_REDIS__SOCKET_TIMEOUT_S": "1",
+        "MEMKD_REDIS__UNREACHABLE_TIMEOUT_S": "3",
         "MEMKD_MODEL__DEVICE": "cpu",
         "MEMKD_WORKER__MAX_BATCH": "4",
         "MEMKD_WORKER__MAX_WAIT_MS": "20",

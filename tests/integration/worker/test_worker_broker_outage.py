@@ -5,52 +5,21 @@ covers only delivered results; a successor answers every request after the broke
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 import time
 from collections import defaultdict
 from pathlib import Path
 
 import pytest
 
-from tests.support.worker_env import (
-    REPO,
-    WorkerEnv,
-    category_images,
-    free_port,
-    wait_ready,
-)
+from tests.support.private_services import PrivateServices
+from tests.support.worker_env import WorkerEnv, category_images, wait_ready
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(420)]
-
-SERVICES = REPO / "deploy" / "local" / "services.py"
-
-
-class PrivateServices:
-    def __init__(self, var: Path) -> None:
-        self.var = var
-        self.kafka_port, self.controller_port, self.redis_port = (free_port() for _ in range(3))
-        self.sasl_port = free_port()  # the broker's SASL_SSL listener, unused here
-
-    def _run(self, command: str) -> None:
-        subprocess.run(
-            [
-                sys.executable, str(SERVICES), command, "--var", str(self.var),
-                "--kafka-port", str(self.kafka_port),
-                "--controller-port", str(self.controller_port),
-                "--sasl-port", str(self.sasl_port),
-                "--redis-port", str(self.redis_port), "--timeout", "150",
-            ],
-            check=True,
-            capture_output=True,
-            timeout=200,
-        )  # fmt: skip
-
-    def up(self) -> None:
-        self._run("up")
-
-    def down(self) -> None:
-        self._run("down")
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.slow,
+    pytest.mark.faults,
+    pytest.mark.timeout(420),
+]
 
 
 @pytest.fixture
@@ -82,6 +51,7 @@ def test_broker_lost_mid_stream_exits_3_and_commits_only_delivered(
             "MEMKD_KAFKA__REQUEST_TIMEOUT_MS": "4000",
             "MEMKD_REDIS__URL": f"redis://127.0.0.1:{private_services.redis_port}/0",
             "MEMKD_REDIS__SOCKET_TIMEOUT_S": "1",
+            "MEMKD_REDIS__UNREACHABLE_TIMEOUT_S": "3",
             "MEMKD_MODEL__DEVICE": "cpu",
             "MEMKD_WORKER__MAX_BATCH": "2",
             "MEMKD_WORKER__DRAIN_GRACE_S": "10",

@@ -1,5 +1,6 @@
-"""Worker lifecycle on a real broker: SIGTERM drains and commits exactly what was published,
-kill -9 loses nothing (at least once), and two workers in one group split the partitions."""
+"""Worker lifecycle on a real broker: SIGTERM drains and commits exactly what was published, two
+workers in one group split the partitions, a rebalance finishes revoked work (kill -9 and the
+other faults are in test_faults.py)."""
 
 from __future__ import annotations
 
@@ -59,28 +60,6 @@ def test_sigterm_drains_commits_exactly_and_exits_zero(
     proc2.send_signal(signal.SIGTERM)
     assert proc2.wait(timeout=30) == 0
     assert sorted(r["id"] for r in results) == sorted(i for i, _ in payload)
-
-
-def test_kill_9_mid_stream_then_successor_answers_every_request(
-    worker_env: WorkerEnv, artifact_v1: Path, line_data: Path, tmp_path: Path
-) -> None:
-    worker_env.store().publish("A", artifact_v1, who="test")
-    proc = worker_env.spawn_worker(tmp_path / "worker.log")
-    payload = _payload(line_data, 40)
-    worker_env.produce(payload)
-    assert _wait_for_results(worker_env, 1, timeout_s=120), (tmp_path / "worker.log").read_text()
-    proc.kill()
-    proc.wait(timeout=10)
-    proc2 = worker_env.spawn_worker(tmp_path / "worker2.log")
-    want = {i for i, _ in payload}
-    deadline = time.monotonic() + 150
-    seen: set[str] = set()
-    while time.monotonic() < deadline and not want <= seen:
-        seen = {r["id"] for r in worker_env.read(worker_env.results, count=0, timeout_s=1)}
-        time.sleep(1)
-    proc2.send_signal(signal.SIGTERM)
-    assert proc2.wait(timeout=30) == 0
-    assert want <= seen, f"missing: {sorted(want - seen)}"  # at least once, no gap
 
 
 def test_two_workers_split_partitions_and_answer_everything(
@@ -172,5 +151,10 @@ def test_rebalance_mid_stream_finishes_and_commits_revoked_work(
             assert w2.stop() == 0
     ids = [r["id"] for r in results]
     assert sorted(set(ids)) == sorted(i for i, _ in payload)  # nothing lost
-    assert len(ids) == len(set(ids)), "a cooperative rebalance re-scored records"
+    # At least once: a record may be scored again by its new owner (DESIGN.md §4), but only as
+    # the same request: same id, same source.
+    sources: dict[str, set[tuple[int, int]]] = defaultdict(set)
+    for r in results:
+        sources[r["id"]].add((r["source"]["partition"], r["source"]["offset"]))
+    assert all(len(s) == 1 for s in sources.values())
     assert {r["worker"] for r in results} == {"w1", "w2"}

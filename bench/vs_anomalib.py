@@ -89,6 +89,9 @@ def _anomalib_available() -> bool:
 def _anomalib_model(size: int, channels_last: bool) -> torch.nn.Module:
     with warnings.catch_warnings():  # anomalib's own deprecation notices at import
         warnings.simplefilter("ignore", FutureWarning)
+        from anomalib.models.image.reverse_distillation.anomaly_map import (
+            AnomalyMapGenerationMode,
+        )
         from anomalib.models.image.reverse_distillation.torch_model import (
             ReverseDistillationModel,
         )
@@ -98,7 +101,7 @@ def _anomalib_model(size: int, channels_last: bool) -> torch.nn.Module:
         backbone="wide_resnet50_2",
         input_size=(size, size),
         layers=["layer1", "layer2", "layer3"],
-        anomaly_map_mode="add",  # type: ignore[arg-type]  # the str enum's value
+        anomaly_map_mode=AnomalyMapGenerationMode.ADD,  # its Lightning model's default
         pre_trained=False,
     ).eval()
     if channels_last:

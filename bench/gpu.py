@@ -34,10 +34,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import importlib.util
 import io
 import platform
 import signal
 import statistics
+import sys
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -58,7 +60,7 @@ FIELDS = [
     "note",
 ]  # fmt: skip
 # First guesses of a point's cost (s) before one of its kind has run; then the last measured one.
-FIRST_ESTIMATE_S = {"eager": 10.0, "compile": 60.0, "cudagraphs": 60.0, "decode": 15.0}
+FIRST_ESTIMATE_S = {"eager": 20.0, "compile": 60.0, "cudagraphs": 60.0, "decode": 15.0}
 
 
 class PointTimeout(BaseException):
@@ -99,6 +101,12 @@ class Budget:
         kind, _, what = key.partition(":")
         fallback = self.last_cost.get(f"compile:{what}") if kind == "cudagraphs" else None
         return self.last_cost.get(key, fallback or FIRST_ESTIMATE_S[kind])
+
+    def cap(self, key: str) -> float:
+        """How long a point of ``key`` may run before it is stopped: generous against a slow
+        compile (a cached one makes the next estimate short), never past the budget."""
+        kind = key.partition(":")[0]
+        return min(self.left(), max(3 * self.estimate(key), 2 * FIRST_ESTIMATE_S[kind]))
 
 
 @dataclass
@@ -237,8 +245,7 @@ def model_point(
         torch.cuda.reset_peak_memory_stats(setup.device)
     started = time.monotonic()
     try:
-        cap = min(budget.left(), max(2 * need, need + 2 * budget.point_s))
-        with deadline(cap), torch.inference_mode():
+        with deadline(budget.cap(kind_key)), torch.inference_mode():
             iters, sec, warm = _timed_loop(
                 lambda: fn(x), setup, budget.point_s, mode.startswith("cudagraphs")
             )
@@ -326,7 +333,7 @@ def decode_point(decoder: str, jpegs: list[bytes], setup: Setup, pixels: int) ->
 
     started = time.monotonic()
     try:
-        with deadline(min(budget.left(), max(2 * need, need + 2 * budget.point_s))):
+        with deadline(budget.cap("decode")):
             iters, sec, warm = _timed_loop(one_round, setup, budget.point_s)
     except (Exception, PointTimeout) as exc:
         return _row("decode", decoder, "", setup, **base, note=_note(exc))
@@ -353,6 +360,12 @@ def decode_point(decoder: str, jpegs: list[bytes], setup: Setup, pixels: int) ->
 
 
 # --- the run ----------------------------------------------------------------------------------
+
+
+def _find_memkd() -> None:
+    """Import ``memkd`` from this checkout when it is not installed (as on the GPU machine)."""
+    if importlib.util.find_spec("memkd") is None:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "model"))
 
 
 def markdown(rows: list[dict[str, object]]) -> str:
@@ -397,6 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         args.size, args.batches, args.reps, args.warmup = 64, "2", 1, 1
         args.jpegs, args.jpeg_size, args.point_s = 2, "256x192", 2.0
+    _find_memkd()
     device = torch.device(args.device)
     setup = Setup(device, args.size, args.reps, args.warmup, Budget(args.budget_s, args.point_s))
     width, height = (int(v) for v in args.jpeg_size.split("x"))
@@ -432,12 +446,21 @@ def main(argv: list[str] | None = None) -> int:
 
     run_models(["eager-bf16"])
     decoders = [d for d in args.decoders.split(",") if d]
+    jpegs: list[bytes] = []
     if decoders:
-        jpegs = make_jpegs(args.jpegs, width, height)
+        try:
+            jpegs = make_jpegs(args.jpegs, width, height)
+        except Exception as exc:  # no PIL: report, go on with the models
+            rows.append(_row("decode", "make_jpegs", "", setup, note=_note(exc)))
+            print(f"  JPEGs not made: {rows[-1]['note']}", flush=True)
+    if jpegs:
         kb = statistics.mean(len(b) for b in jpegs) / 1024
         print(f"  {len(jpegs)} JPEGs of {width}x{height}, {kb:.0f} KiB on average", flush=True)
         for decoder in decoders:
-            row = decode_point(decoder, jpegs, setup, width * height)
+            try:
+                row = decode_point(decoder, jpegs, setup, width * height)
+            except Exception as exc:  # e.g. no torchvision: report, go on
+                row = _row("decode", decoder, "", setup, note=_note(exc))
             rows.append(row)
             print(
                 f"  {decoder:22s} {row['images_per_s']!s:>9} img/s "

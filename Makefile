@@ -9,6 +9,7 @@
 #   make lint           ruff (lint + format check), mypy, import boundaries (make format fixes)
 #   make demo           train a line, stream its test images through a worker, show the verdicts
 #   make bench          model speed, accuracy and end-to-end streaming benchmarks (bench/results)
+#   make bench-anomalib speed vs anomalib's Reverse Distillation (own venv: .venv-anomalib)
 #
 # Ports are variables: `make test KAFKA_PORT=49092 KAFKA_CONTROLLER_PORT=49093 KAFKA_SASL_PORT=49094
 # REDIS_PORT=46379`.
@@ -61,10 +62,11 @@ define with_services
 	exit $$rc
 endef
 
-.PHONY: help setup services-up services-down services-status test faults lint format demo bench clean
+.PHONY: help setup services-up services-down services-status test faults lint format demo bench \
+	bench-anomalib clean
 
 help:
-	@sed -n '3,14p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '3,15p' Makefile | sed 's/^# \{0,1\}//'
 
 setup: $(STAMPS)/venv $(STAMPS)/kafka-jars $(STAMPS)/redis
 
@@ -139,6 +141,27 @@ demo: setup
 bench: setup
 	@[ -f bench/run.py ] || { echo "make bench: bench/run.py does not exist yet" >&2; exit 1; }
 	$(call with_services,$(SERVICE_ENV) $(PY) bench/run.py)
+
+# anomalib is a heavy install, so it gets its own venv and is never a dependency of the project
+# or of `make test`. Every package the project locks (torch, torchvision, timm, numpy...) is
+# constrained to its uv.lock version, so uv reuses the wheels it cached for .venv (no second 2 GB
+# torch) and both sides of the benchmark run the same torch. A new pin or lock rebuilds the venv.
+ANOMALIB_VERSION := 2.7.0
+ANOMALIB_VENV := .venv-anomalib
+ANOMALIB_BENCH_ARGS ?=
+
+$(STAMPS)/venv-anomalib-$(ANOMALIB_VERSION): pyproject.toml uv.lock $(STAMPS)/uv
+	@mkdir -p $(STAMPS)
+	rm -rf $(ANOMALIB_VENV) $(STAMPS)/venv-anomalib-*
+	$(UV) venv --quiet --prompt memkd-anomalib $(ANOMALIB_VENV)
+	$(UV) export --frozen --format requirements-txt --no-hashes --no-emit-project \
+		--output-file .cache/anomalib-constraints.txt >/dev/null
+	$(UV) pip install --python $(ANOMALIB_VENV)/bin/python -c .cache/anomalib-constraints.txt \
+		"anomalib==$(ANOMALIB_VERSION)" -e .
+	@touch $@
+
+bench-anomalib: $(STAMPS)/venv-anomalib-$(ANOMALIB_VERSION)
+	$(ANOMALIB_VENV)/bin/python bench/vs_anomalib.py $(ANOMALIB_BENCH_ARGS)
 
 clean: services-down
 	rm -rf var .cache/stamps

@@ -15,6 +15,7 @@ def test_exit_codes_are_the_documented_ones() -> None:
         "FAILED": 1,
         "USAGE": 2,
         "BROKER_UNREACHABLE": 3,
+        "DEVICE_FAULT": 4,
         "INTERRUPTED": 130,
     }
 

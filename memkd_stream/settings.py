@@ -262,11 +262,18 @@ class RedisSettings(_Group):
 
 
 class ModelSettings(_Group):
-    """Which teacher and where its weights are; which device scores."""
+    """Which teacher and where its weights are; which device scores, at which precision.
+
+    ``precision`` is the compute precision of fit, eval and the worker (``memkd.precision``;
+    auto = bf16 on CUDA GPUs and CPUs that do bf16 natively, else fp32; fp16 on CUDA only),
+    not the artifact's storage dtype (``fit --dtype``). Whether it can run is known only once the
+    device is resolved, so fp16 on a CPU is refused when fit, eval or the worker start.
+    """
 
     backbone: str = "tf_efficientnet_lite0"
     wrn50_weights: Path | None = None  # torchvision wide_resnet50_2 V1 ImageNet weights file
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # = memkd.precision.Precision
 
     @field_validator("device")
     @classmethod

@@ -20,7 +20,13 @@ import numpy as np
 from rich.console import Console
 
 from memkd_stream.cli.fit import at_threshold_text
-from memkd_stream.cli.inputs import load_teacher_for, resolve_dataset, torch_device
+from memkd_stream.cli.inputs import (
+    PRECISIONS,
+    load_teacher_for,
+    resolve_dataset,
+    torch_device,
+    torch_precision,
+)
 from memkd_stream.cli.main import Context, UsageError, line_arg
 from memkd_stream.cli.output import Output
 
@@ -54,6 +60,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--teacher-weights", "--wrn50-weights", type=Path, metavar="FILE", help="teacher weights"
     )
     p.add_argument("--device", help="cpu, cuda, cuda:N (default: settings model.device)")
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        help="compute precision of scoring (default: settings model.precision); may differ "
+        "from the precision the line was calibrated at",
+    )
     p.set_defaults(handler=_eval)
 
 
@@ -67,21 +79,27 @@ def _eval(ctx: Context) -> int:
     from memkd.line_model import LineModel
 
     device = torch_device(ctx.settings, args.device)
+    precision = torch_precision(ctx.settings, args.precision, device)
     backbone = str(record["model"]["backbone"])
     teacher = load_teacher_for(backbone, args.teacher_weights, ctx.settings, device)
     model = LineModel.load(blob, teacher, expected_sha256=sha256)
     threshold = model.threshold
+    if precision != model.calibrated_precision:
+        out.note(
+            f"scoring at {precision}, but the threshold was calibrated at "
+            f"{model.calibrated_precision} (allowed; model/MEMKD.md section 6 gives the parity)"
+        )
 
     from memkd_stream.cli import scoring
 
     if dataset.kind == "mvtec":
         out.note(f"scoring {len(dataset.category.test)} test images of {dataset.root}")
         scored, evaluation = scoring.evaluate_category(
-            model, teacher, dataset.category, args.batch_size, keep_maps=True
+            model, teacher, dataset.category, args.batch_size, keep_maps=True, precision=precision
         )
     else:
         out.note(f"scoring {len(dataset.train)} images of {dataset.root}")
-        scored = scoring.score_paths(model, teacher, dataset.train, args.batch_size)
+        scored = scoring.score_paths(model, teacher, dataset.train, args.batch_size, precision)
         evaluation = {}
     for item in scored.skipped:
         out.warn(f"skipped {item.path}: {item.reason}")
@@ -96,6 +114,8 @@ def _eval(ctx: Context) -> int:
         "backbone": backbone,
         "data": str(dataset.root),
         "threshold": threshold,
+        "precision": precision.value,
+        "calibrated_precision": model.calibrated_precision.value,
         "n_images": len(scored.paths),
         "n_anomalous": anomalous,
         "n_skipped": len(scored.skipped),
@@ -226,7 +246,8 @@ def _slug(text: str) -> str:
 def _print(console: Console, data: dict[str, Any]) -> None:
     console.print(
         f"{data['model']} on {data['data']}: {data['n_images']} images, "
-        f"{data['n_anomalous']} at or above the threshold {data['threshold']:.4g}"
+        f"{data['n_anomalous']} at or above the threshold {data['threshold']:.4g} "
+        f"(scored at {data['precision']}, calibrated at {data['calibrated_precision']})"
     )
     evaluation = data["evaluation"]
     if evaluation:

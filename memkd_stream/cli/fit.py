@@ -18,6 +18,7 @@ from rich.console import Console
 
 from memkd_stream.cli.inputs import (
     BACKBONES,
+    PRECISIONS,
     DatasetError,
     DatasetInput,
     check_readable,
@@ -25,6 +26,7 @@ from memkd_stream.cli.inputs import (
     parse_roi,
     resolve_dataset,
     torch_device,
+    torch_precision,
 )
 from memkd_stream.cli.main import Context, line_arg, whole_number
 from memkd_stream.cli.output import Output
@@ -71,13 +73,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="default 0")
     p.add_argument("--device", help="cpu, cuda, cuda:N (default: settings model.device)")
     p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        help="compute precision of training and calibration (default: settings "
+        "model.precision; auto = bf16 where the device does it natively, else fp32)",
+    )
+    p.add_argument(
         "--out",
         type=Path,
         metavar="FILE",
         help="artifact path (default ./<line>-<UTC time>.safetensors)",
     )
     p.add_argument(
-        "--dtype", choices=("fp32", "fp16", "bf16"), default="fp32", help="weights dtype"
+        "--dtype",
+        choices=("fp32", "fp16", "bf16"),
+        default="fp32",
+        help="storage dtype of the weights in the artifact (not --precision)",
     )
     p.add_argument(
         "--no-activate", action="store_true", help="publish but keep the current version"
@@ -106,7 +117,8 @@ def _fit(ctx: Context) -> int:
 
     backbone = args.backbone or settings.model.backbone
     device = torch_device(settings, args.device)
-    out.note(f"loading teacher {backbone} on {device}")
+    precision = torch_precision(settings, args.precision, device)
+    out.note(f"loading teacher {backbone} on {device} ({precision} compute)")
     teacher = load_teacher_for(backbone, args.teacher_weights, settings, device)
     model_config = ModelConfig(backbone=backbone, input_size=args.input_size)
     train_config = TrainConfig(
@@ -115,6 +127,7 @@ def _fit(ctx: Context) -> int:
         batch_size=args.batch_size,
         seed=args.seed,
         device=device,
+        precision=precision,
     )
     out.note(
         f"training line {args.line} on {len(dataset.train)} good images from {dataset.root} "
@@ -129,7 +142,9 @@ def _fit(ctx: Context) -> int:
         out.note(f"evaluating on {len(dataset.category.test)} test images of {dataset.root}")
         from memkd_stream.cli.scoring import evaluate_category
 
-        scored, evaluation = evaluate_category(model, teacher, dataset.category, args.batch_size)
+        scored, evaluation = evaluate_category(
+            model, teacher, dataset.category, args.batch_size, precision=precision
+        )
         for item in scored.skipped:
             out.warn(f"test image skipped: {item.path}: {item.reason}")
         # Stored with the model, so `lines show` can compare versions on the same test set.
@@ -163,6 +178,7 @@ def _fit(ctx: Context) -> int:
         "sha256": sha256,
         "backbone": backbone,
         "device": device,
+        "precision": precision.value,
         "dataset": {
             "root": str(dataset.root),
             "kind": dataset.kind,
@@ -217,7 +233,10 @@ def _print_report(console: Console, data: dict[str, Any]) -> None:
     console.print(f"line {data['line']}: {where}")
     rows = [
         ("artifact", f"{data['artifact']} (sha256 {data['sha256'][:12]})"),
-        ("backbone / device", f"{data['backbone']} / {data['device']}"),
+        (
+            "backbone / device / precision",
+            f"{data['backbone']} / {data['device']} / {data['precision']}",
+        ),
         (
             "images",
             f"{data['dataset']['n_train_images']} good ({training['n_train']} train, "

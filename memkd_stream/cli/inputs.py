@@ -17,11 +17,13 @@ from memkd_stream.errors import ErrorCode, MemkdStreamError
 
 if TYPE_CHECKING:
     from memkd.backbones import Teacher
+    from memkd.precision import Precision
 
     from memkd_stream.settings import Settings
 
 __all__ = [
     "BACKBONES",
+    "PRECISIONS",
     "DatasetError",
     "DatasetInput",
     "Unreadable",
@@ -30,10 +32,12 @@ __all__ = [
     "parse_roi",
     "resolve_dataset",
     "torch_device",
+    "torch_precision",
 ]
 
 # Listed here (not imported from memkd) so that ``--help`` never imports torch.
 BACKBONES = ("tf_efficientnet_lite0", "wide_resnet50_2")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # memkd.precision.Precision
 
 
 class DatasetError(MemkdStreamError):
@@ -142,6 +146,22 @@ def torch_device(settings: Settings, override: str | None = None) -> str:
     if wanted == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return wanted
+
+
+def torch_precision(settings: Settings, override: str | None, device: str) -> Precision:
+    """``--precision``, else the settings' precision, resolved for ``device`` (auto -> bf16 or
+    fp32). One that cannot run there (fp16 off CUDA) is a usage error, raised before any work."""
+    from memkd.precision import PrecisionError, resolve_precision
+
+    from memkd_stream.cli.main import UsageError
+
+    wanted = override or settings.model.precision
+    try:
+        return resolve_precision(wanted, device)
+    except PrecisionError as exc:
+        raise UsageError(
+            f"{exc} (--precision, or model.precision / MEMKD_MODEL__PRECISION)", code=exc.code
+        ) from None
 
 
 def load_teacher_for(

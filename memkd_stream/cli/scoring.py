@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from memkd.backbones import Teacher
     from memkd.datasets import Category, TestItem
     from memkd.line_model import LineModel
+    from memkd.precision import Precision
     from PIL import Image
 
 __all__ = ["Scored", "evaluate_category", "ground_truth", "model_view", "score_paths"]
@@ -51,9 +52,14 @@ def model_view(source: Path | Image.Image, model: LineModel) -> Image.Image:
 
 
 def score_paths(
-    model: LineModel, teacher: Teacher, paths: list[Path], batch_size: int = 16
+    model: LineModel,
+    teacher: Teacher,
+    paths: list[Path],
+    batch_size: int = 16,
+    precision: Precision | str = "auto",
 ) -> Scored:
-    """Scores and maps of ``paths``; files that cannot be read or cropped are skipped, listed."""
+    """Scores and maps of ``paths`` at ``precision``; files that cannot be read or cropped are
+    skipped, listed."""
     import torch
     from memkd.preprocess import load_image, preprocess
 
@@ -65,7 +71,7 @@ def score_paths(
 
     def flush() -> None:
         batch = torch.stack([t for _, t in pending])
-        result = model.score(teacher, batch)
+        result = model.score(teacher, batch, precision)
         scores.append(result.scores.float().cpu().numpy())
         maps.append(result.maps[:, 0].float().cpu().numpy())
         kept.extend(p for p, _ in pending)
@@ -119,6 +125,7 @@ def evaluate_category(
     batch_size: int = 16,
     *,
     keep_maps: bool = False,
+    precision: Precision | str = "auto",
 ) -> tuple[Scored, dict[str, Any]]:
     """``memkd.evaluate`` on the readable test images; returns per-image results and the report.
 
@@ -140,6 +147,7 @@ def evaluate_category(
         dataclasses.replace(category, test=kept),
         batch_size=batch_size,
         keep_maps=keep_maps,
+        precision=precision,
     )
     size = model.input_size
     scored = Scored(

@@ -139,6 +139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     grace["s"] = float(settings.worker.drain_grace_s)
     log_ref.append(log)
 
+    from memkd.errors import MemKDError
+
     from memkd_stream.lines.store import LineStore
     from memkd_stream.worker.app import Worker
     from memkd_stream.worker.engine import Engine
@@ -149,7 +151,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     metrics = WorkerMetrics()
     heartbeats = Heartbeats()
     store = LineStore.from_settings(settings.redis)
-    engine = Engine(settings.model, settings.worker, store, metrics=metrics)
+    try:
+        engine = Engine(settings.model, settings.worker, store, metrics=metrics)
+    except MemKDError as exc:  # e.g. precision fp16 on a machine without CUDA
+        log.error(
+            "the model settings cannot run on this machine (MEMKD_MODEL__DEVICE, "
+            "MEMKD_MODEL__PRECISION)",
+            error=str(exc),
+            code=exc.code,
+        )
+        return ExitCode.USAGE
     worker = Worker(settings, engine, metrics=metrics, heartbeats=heartbeats)
     server = HealthServer(
         settings.metrics.host,

@@ -40,6 +40,7 @@ from memkd.anomaly import AnomalyResult
 from memkd.artifact import ArtifactError
 from memkd.backbones import Teacher, load_teacher
 from memkd.line_model import LineModel
+from memkd.precision import resolve_precision
 
 from memkd_stream.errors import ErrorCode, MemkdStreamError
 from memkd_stream.lines.errors import ChecksumMismatch, StoreUnavailable, UnknownLine
@@ -117,7 +118,8 @@ class Engine:
     """Teachers + line-model LRU for one worker process.
 
     Args:
-        model_settings: backbone, wrn50_weights, device.
+        model_settings: backbone, wrn50_weights, device, precision (resolved here for the device;
+            ``memkd.precision.PrecisionError`` when it cannot run there, e.g. fp16 on a CPU).
         worker_settings: cache_max_models, cache_max_bytes.
         store: where line artifacts come from.
         metrics: where the line-cache counters go (hits, misses, swaps, refused swaps, version
@@ -132,6 +134,7 @@ class Engine:
         metrics: WorkerMetrics | None = None,
     ) -> None:
         self.device = resolve_device(model_settings.device)
+        self.precision = resolve_precision(model_settings.precision, self.device)
         self.default_backbone: str = model_settings.backbone
         self._wrn50_weights = model_settings.wrn50_weights
         self.max_models = int(worker_settings.cache_max_models)
@@ -229,6 +232,14 @@ class Engine:
         backbone = _backbone_of(meta.get("metadata") or {})
         teacher = self.teacher(backbone)
         model = LineModel.load(buffer.getvalue(), teacher, expected_sha256=meta["sha256"])
+        if model.calibrated_precision != self.precision:  # allowed: MEMKD.md §6 gives the parity
+            self.log.info(
+                "line model scores at another precision than it was calibrated at",
+                line=line,
+                version=version,
+                precision=self.precision.value,
+                calibrated_precision=model.calibrated_precision.value,
+            )
         return LoadedLine(
             line=line, version=version, model=model, teacher=teacher, backbone=backbone
         )
@@ -449,7 +460,8 @@ class Engine:
 
     def score(self, loaded: LoadedLine, batch: torch.Tensor) -> AnomalyResult:
         """Score a batch [B, 3, H, W] with the line's model (maps and scores via ``memkd``)."""
-        return loaded.model.score(loaded.teacher, batch)  # moves the batch to the model's device
+        # LineModel.score moves the batch to the model's device and runs it at the precision.
+        return loaded.model.score(loaded.teacher, batch, self.precision)
 
 
 def _is_store_fault(exc: BaseException) -> bool:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from memkd.errors import ConfigError
+from memkd.precision import Precision
 
 __all__ = ["ModelConfig", "TrainConfig"]
 
@@ -87,6 +88,9 @@ class TrainConfig:
 
     ``feature_cache_mb`` bounds the cache of frozen-teacher features of the training images
     (no augmentation, so they never change during a fit); above it they are recomputed per step.
+
+    ``precision`` is the compute precision of the forward passes and of the calibration scores
+    (``memkd.precision``: auto, fp32, bf16, fp16), not the artifact's storage dtype.
     """
 
     DEFAULT_STEPS = 300
@@ -106,11 +110,16 @@ class TrainConfig:
     threshold_k: float = 3.0
     threshold_quantile: float = 0.99
     device: str | None = None
+    precision: Precision = Precision.AUTO
     feature_cache_mb: int = 2048
     log_every: int = 10
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+        if self.precision not in set(Precision):
+            choices = ", ".join(p.value for p in Precision)
+            raise ConfigError(f"precision must be one of {choices}, got {self.precision!r}")
+        object.__setattr__(self, "precision", Precision(self.precision))
         if self.steps is not None and self.steps < 1:
             raise ConfigError(f"steps must be >= 1, got {self.steps}")
         if self.epochs is not None and self.epochs < 1:
@@ -142,6 +151,7 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["betas"] = list(self.betas)
+        data["precision"] = self.precision.value
         return data
 
     @classmethod

@@ -21,6 +21,7 @@ from PIL import Image
 
 from memkd.datasets.mvtec import Category, DatasetError, TestItem
 from memkd.metrics import aupro, image_auroc, pixel_auroc
+from memkd.precision import Precision
 from memkd.preprocess import load_image, preprocess
 
 if TYPE_CHECKING:
@@ -100,12 +101,13 @@ def evaluate(
     device: str | torch.device | None = None,
     keep_maps: bool = False,
     fpr_limit: float = 0.3,
+    precision: Precision | str = Precision.AUTO,
 ) -> EvalReport:
     """Score every test image of ``category``; return the report.
 
     ``device``: None keeps the model where it is; otherwise the model and teacher are moved there
-    ("auto" = CUDA when present). Defective images without a mask (``require_masks=False``) count
-    for the image metrics only.
+    ("auto" = CUDA when present). ``precision``: what ``LineModel.score`` runs at. Defective
+    images without a mask (``require_masks=False``) count for the image metrics only.
     """
     if not category.test:
         raise DatasetError(f"{category.root} has no test images to evaluate on.")
@@ -124,7 +126,7 @@ def evaluate(
         items = category.test[start : start + batch_size]
         images = [load_image(item.path) for item in items]
         batch = torch.stack([preprocess(img, size, mean, std, roi) for img in images])
-        result = line_model.score(teacher, batch)
+        result = line_model.score(teacher, batch, precision)
         batch_maps = result.maps[:, 0].float().cpu().numpy()
         batch_scores = result.scores.float().cpu().numpy()
         for item, img, amap, score in zip(items, images, batch_maps, batch_scores, strict=True):

@@ -21,6 +21,7 @@ from memkd.artifact import ArtifactError, check_record_compatible, read_artifact
 from memkd.backbones import Teacher, backbone_spec
 from memkd.config import ModelConfig
 from memkd.network import MemKDStudent
+from memkd.precision import Precision, autocast, resolve_precision
 
 __all__ = ["RECORD_KIND", "RECORD_SCHEMA", "LineModel"]
 
@@ -30,6 +31,19 @@ RECORD_SCHEMA = 1
 
 def _device_of(module: torch.nn.Module) -> torch.device:
     return next(module.parameters()).device
+
+
+def _recorded_precision(provenance: dict[str, Any]) -> Precision:
+    """The precision a line was calibrated at. Artifacts written before it was recorded were
+    fitted under bf16 autocast on CUDA and in fp32 everywhere else, which their device says."""
+    recorded = provenance.get("precision")
+    if recorded is None:
+        cuda = str(provenance.get("device", "cpu")).startswith("cuda")
+        return Precision.BF16 if cuda else Precision.FP32
+    precision = Precision(recorded)  # ValueError for a name this memkd does not know
+    if precision is Precision.AUTO:
+        raise ValueError("a calibration precision is fp32, bf16 or fp16, never 'auto'")
+    return precision
 
 
 class LineModel:
@@ -42,7 +56,8 @@ class LineModel:
         roi: (x, y, w, h) crop box applied before resizing, or None for the whole image.
         teacher_info: ``Teacher.describe()`` of the teacher it was trained with.
         mean, std: the input normalisation (the teacher's).
-        provenance: training set size, seed, train config, metrics, timings, versions.
+        provenance: training set size, seed, train config, metrics, timings, versions, and the
+            precision the line was fitted and calibrated at.
     """
 
     def __init__(
@@ -85,6 +100,11 @@ class LineModel:
         return self.calibration.threshold
 
     @property
+    def calibrated_precision(self) -> Precision:
+        """The precision the threshold was set at (``provenance["precision"]``)."""
+        return _recorded_precision(self.provenance)
+
+    @property
     def device(self) -> torch.device:
         return _device_of(self.student)
 
@@ -98,21 +118,29 @@ class LineModel:
         self.student.to(torch.device(device)).to(memory_format=torch.channels_last)
         return self
 
-    def score(self, teacher: Teacher, batch: torch.Tensor) -> AnomalyResult:
+    def score(
+        self, teacher: Teacher, batch: torch.Tensor, precision: Precision | str = Precision.AUTO
+    ) -> AnomalyResult:
         """Anomaly maps [B, 1, H, W] and scores [B] for a preprocessed batch [B, 3, H, W].
 
-        Runs under inference_mode with the student in eval mode, in channels_last (1.4-1.9x the
-        images/s of the default layout on CPU, bench/model_speed.py), with bf16 autocast on CUDA.
-        Maps and scores are float32 on the model's device.
+        Runs under inference_mode with the student in eval mode, in channels_last on every device
+        (1.4-1.9x the images/s of the default layout on CPU, bench/model_speed.py), teacher and
+        student under the autocast of ``precision`` (``memkd.precision``; ``auto``: bf16 where the
+        device does it natively, else fp32). Maps and scores are float32 on the model's device.
+        Scoring at another precision than ``calibrated_precision`` is allowed: MEMKD.md §6 gives
+        the measured parity; callers that know the line (worker, eval) say so once.
+
+        Raises:
+            PrecisionError: ``precision`` cannot run on the model's device (fp16 off CUDA).
         """
         if batch.ndim != 4 or batch.shape[1] != 3:
             raise ValueError(f"expected a batch [B, 3, H, W], got {tuple(batch.shape)}")
         self.student.eval()
         device = self.device
-        cuda = device.type == "cuda"
+        used = resolve_precision(precision, device)
         with torch.inference_mode():
             x = batch.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+            with autocast(device, used):
                 t_feats = teacher(x)
                 s_feats = self.student(t_feats)
             return anomaly_result(t_feats, s_feats, (int(x.shape[-2]), int(x.shape[-1])))
@@ -164,6 +192,7 @@ class LineModel:
             calibration = (
                 Calibration.from_dict(record["calibration"]) if record["calibration"] else None
             )
+            _recorded_precision(record.get("provenance") or {})
             if tensors is not None:
                 student.load_state_dict(tensors, strict=True)
         except ArtifactError:

@@ -7,7 +7,11 @@ during a fit: they are computed once and cached (within ``feature_cache_mb``), w
 fit several times faster without changing a single gradient. A seeded slice of the good images is
 held out; their scores calibrate the threshold. Nothing here looks at test data.
 
-CUDA: the student runs under bf16 autocast and channels_last; losses are computed in float32.
+Precision (``TrainConfig.precision``, ``memkd.precision``): the teacher's features and the
+student's forward run under the autocast of the resolved precision (``auto``: bf16 where the
+device does it natively, else fp32); losses, the held-out scores and the calibration statistics
+are float32. The resolved precision is recorded (``provenance["precision"]``): it is the
+precision the threshold belongs to. On CUDA the student also trains in channels_last.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from memkd.config import ModelConfig, TrainConfig
 from memkd.line_model import LineModel, code_version
 from memkd.losses import kd_loss, nm_loss, orth_loss
 from memkd.network import MemKDStudent
+from memkd.precision import Precision, autocast, resolve_precision
 from memkd.preprocess import load_image, preprocess
 
 __all__ = ["FitResult", "Progress", "fit", "holdout_split", "load_batch", "resolve_device"]
@@ -78,10 +83,21 @@ def holdout_split(n: int, cfg: TrainConfig) -> tuple[list[int], list[int]]:
 
 
 class _FeatureSource:
-    """Teacher features of the training images: cached when they fit the budget, else recomputed."""
+    """Teacher features of the training images: cached when they fit the budget, else recomputed.
 
-    def __init__(self, teacher: Teacher, x: torch.Tensor, device: torch.device, budget_mb: int):
-        self.teacher, self.x, self.device = teacher, x, device
+    Computed under the fit's autocast (the features the student will see when the line scores at
+    that precision) and kept in float32.
+    """
+
+    def __init__(
+        self,
+        teacher: Teacher,
+        x: torch.Tensor,
+        device: torch.device,
+        budget_mb: int,
+        precision: Precision,
+    ):
+        self.teacher, self.x, self.device, self.precision = teacher, x, device, precision
         probe = teacher(x[:1].to(teacher.device))
         per_image = sum(f.numel() * 4 for f in probe)
         self.cached = per_image * len(x) <= budget_mb * 2**20
@@ -90,10 +106,11 @@ class _FeatureSource:
             self.feats = [torch.cat(fs).to(device) for fs in zip(*self._compute(x), strict=True)]
 
     def _compute(self, x: torch.Tensor, chunk: int = 16) -> list[list[torch.Tensor]]:
-        return [
-            [f.float() for f in self.teacher(x[i : i + chunk].to(self.teacher.device))]
-            for i in range(0, len(x), chunk)
-        ]
+        with autocast(self.teacher.device, self.precision):
+            return [
+                [f.float() for f in self.teacher(x[i : i + chunk].to(self.teacher.device))]
+                for i in range(0, len(x), chunk)
+            ]
 
     def get(self, idx: torch.Tensor) -> list[torch.Tensor]:
         if self.feats is not None:
@@ -137,6 +154,7 @@ def fit(
     device = resolve_device(
         tcfg.device if tcfg.device is not None else (teacher.device if teacher else None)
     )
+    precision = resolve_precision(tcfg.precision, device)  # fp16 off CUDA fails before any work
     if teacher is None:
         teacher = load_teacher(mcfg.backbone, device=device)
     if teacher.name != mcfg.backbone:
@@ -154,7 +172,7 @@ def fit(
     x_all = load_batch(images, mcfg.input_size, teacher.mean, teacher.std, roi)
     train_idx, hold_idx = holdout_split(len(x_all), tcfg)
     x_train = x_all[train_idx]
-    source = _FeatureSource(teacher, x_train, device, tcfg.feature_cache_mb)
+    source = _FeatureSource(teacher, x_train, device, tcfg.feature_cache_mb, precision)
 
     student = MemKDStudent(mcfg, teacher.channels, teacher.spec.signed_features).to(device)
     if cuda:
@@ -169,14 +187,14 @@ def fit(
     student.train()
     for step in range(1, total + 1):
         t_feats = source.get(next(batches))
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+        with autocast(device, precision):
             s_feats = student(t_feats)
         l_kd = kd_loss(t_feats, s_feats)
         loss = l_kd
         losses = {"kd": float(l_kd.detach())}
         if mcfg.memory:
             ex = source.get(torch.randperm(n_train, generator=gen)[: min(tcfg.exemplars, n_train)])
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+            with autocast(device, precision):
                 l_nm = nm_loss(student.memory_list, [ex[2], ex[1]])
             l_orth = orth_loss(student.memory_list)
             loss = loss + tcfg.w_nm * l_nm + tcfg.w_orth * l_orth
@@ -196,7 +214,7 @@ def fit(
 
     model = LineModel(mcfg, student, teacher.describe(), roi=roi)
     calib_idx, calib_source = (hold_idx, "holdout") if hold_idx else (train_idx, "train")
-    scores = _score_all(model, teacher, x_all[calib_idx])
+    scores = _score_all(model, teacher, x_all[calib_idx], precision)
     model.calibration = Calibration.from_scores(
         scores, tcfg.threshold_rule, tcfg.threshold_k, tcfg.threshold_quantile
     )
@@ -209,6 +227,7 @@ def fit(
         "steps": total,
         "seed": tcfg.seed,
         "device": str(device),
+        "precision": precision.value,
         "teacher_features_cached": source.cached,
         "train_seconds": round(train_seconds, 2),
         "final_losses": losses,
@@ -226,6 +245,7 @@ def fit(
         "final_losses": losses,
         "train_seconds": round(train_seconds, 2),
         "device": str(device),
+        "precision": precision.value,
         "code_version": code_version(),
         "created_at": dt.datetime.now(dt.UTC).isoformat(),
         "metrics": {},
@@ -233,8 +253,10 @@ def fit(
     return FitResult(model=model, report=report)
 
 
-def _score_all(model: LineModel, teacher: Teacher, x: torch.Tensor, chunk: int = 16) -> list[float]:
+def _score_all(
+    model: LineModel, teacher: Teacher, x: torch.Tensor, precision: Precision, chunk: int = 16
+) -> list[float]:
     out: list[float] = []
     for i in range(0, len(x), chunk):
-        out += model.score(teacher, x[i : i + chunk]).scores.float().cpu().tolist()
+        out += model.score(teacher, x[i : i + chunk], precision).scores.float().cpu().tolist()
     return out

@@ -23,16 +23,19 @@ def tiny_artifact(
     input_size: int = 64,
     n_train: int = 16,
     teacher: Any = None,
+    precision: str = "auto",
 ) -> Path:
     """Train a lite0 line model on a synthetic category and save it; return the artifact path.
 
     The artifact (and its ``.sha256`` sidecar) is ``out_dir/tiny-<category>-...safetensors``;
     the generated images stay in ``out_dir/data-...``. ``teacher`` may pass an already loaded
-    lite0 teacher to save its load time.
+    lite0 teacher to save its load time. ``precision`` is the fit's (``memkd.precision``; auto
+    is fp32 on a CPU without native bf16, bf16 on one with it).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tag = f"{category}-s{steps}-seed{seed}-px{input_size}-n{n_train}"
+    tag += "" if precision == "auto" else f"-{precision}"
     path = out_dir / f"tiny-{tag}.safetensors"
     if path.is_file() and path.with_name(path.name + ".sha256").is_file():
         return path
@@ -59,7 +62,7 @@ def tiny_artifact(
     result = fit(
         images,
         ModelConfig(input_size=input_size),
-        TrainConfig(steps=steps, batch_size=8, seed=seed, device="cpu"),
+        TrainConfig(steps=steps, batch_size=8, seed=seed, device="cpu", precision=precision),
         teacher,
     )
     result.model.save(path)

@@ -6,6 +6,7 @@ import io
 import json
 import logging
 from pathlib import Path
+from typing import get_args
 
 import pytest
 import redis
@@ -16,6 +17,7 @@ from memkd_stream.errors import MemkdStreamError
 from memkd_stream.log import configure_logging, get_logger
 from memkd_stream.settings import (
     LogSettings,
+    ModelSettings,
     RedisSettings,
     Settings,
     SettingsError,
@@ -72,6 +74,23 @@ def test_environment_sets_nested_fields(monkeypatch: pytest.MonkeyPatch) -> None
 def test_preload_lines_accepts_a_json_list(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MEMKD_WORKER__PRELOAD_LINES", '["A", "B"]')
     assert load_settings().worker.preload_lines == ["A", "B"]
+
+
+def test_precision_is_a_model_setting_with_the_libraries_names(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from memkd.precision import Precision
+
+    from memkd_stream.cli.inputs import PRECISIONS
+
+    assert load_settings().model.precision == "auto"
+    monkeypatch.setenv("MEMKD_MODEL__PRECISION", "bf16")
+    assert load_settings().model.precision == "bf16"
+    monkeypatch.setenv("MEMKD_MODEL__PRECISION", "half")
+    with pytest.raises(SettingsError, match=r"^MEMKD_MODEL__PRECISION: .*'fp16'.*got 'half'$"):
+        load_settings()
+    names = get_args(ModelSettings.model_fields["precision"].annotation)
+    assert list(names) == list(PRECISIONS) == [p.value for p in Precision]
 
 
 def test_empty_environment_values_count_as_unset(monkeypatch: pytest.MonkeyPatch) -> None:

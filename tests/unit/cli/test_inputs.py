@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from memkd_stream.cli.inputs import DatasetError, check_readable, parse_roi, resolve_dataset
+from memkd_stream.cli.inputs import (
+    DatasetError,
+    check_readable,
+    parse_roi,
+    resolve_dataset,
+    torch_precision,
+)
+from memkd_stream.cli.main import UsageError
+from memkd_stream.settings import ModelSettings, Settings
 
 
 def _png(path, size=(40, 30)):
@@ -81,3 +89,14 @@ def test_the_model_library_lists_the_contract_formats():
     from memkd_stream.contract.formats import IMAGE_SUFFIXES
 
     assert IMAGE_EXTENSIONS == IMAGE_SUFFIXES
+
+
+def test_precision_comes_from_the_option_else_the_settings_and_fp16_needs_cuda():
+    from memkd.precision import Precision
+
+    settings = Settings(model=ModelSettings(precision="bf16"))
+    assert torch_precision(settings, None, "cpu") is Precision.BF16
+    assert torch_precision(settings, "fp32", "cpu") is Precision.FP32
+    with pytest.raises(UsageError, match=r"fp16 needs a CUDA GPU.*MEMKD_MODEL__PRECISION") as err:
+        torch_precision(settings, "fp16", "cpu")
+    assert err.value.code == "precision-unsupported"

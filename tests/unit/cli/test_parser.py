@@ -40,6 +40,8 @@ def test_every_command_has_help(command, capsys):
         ["fit", "--line", "A", "--data", "d", "--steps", "5", "--epochs", "1"],
         ["fit", "--line", "A", "--data", "d", "--roi", "1,2,3"],
         ["fit", "--line", "A", "--data", "d", "--backbone", "resnet18"],
+        ["fit", "--line", "A", "--data", "d", "--precision", "half"],
+        ["eval", "--artifact", "x.safetensors", "--data", "d", "--precision", "fp64"],
         ["eval", "--line", "A", "--artifact", "x.safetensors", "--data", "d"],
         ["eval", "--data", "d"],
         ["lines", "activate", "A", "seven"],
@@ -65,6 +67,18 @@ def test_arguments_that_only_clash_after_parsing_are_usage_errors(capsys, tmp_pa
     assert capsys.readouterr().err.strip() == (
         "memkd-stream: error: --version needs --line [usage]"
     )
+
+
+def test_fp16_on_a_cpu_is_a_usage_error_before_any_training(tmp_path, capsys):
+    from PIL import Image
+
+    for i in range(8):
+        Image.new("RGB", (16, 16)).save(tmp_path / f"{i}.png")
+    argv = ["fit", "--line", "A", "--data", str(tmp_path), "--no-publish", "--device", "cpu"]
+    assert main([*argv, "--precision", "fp16"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("memkd-stream: error: precision fp16 needs a CUDA GPU")
+    assert err.endswith("[precision-unsupported]")
 
 
 def test_bad_settings_are_one_line_naming_the_variable(monkeypatch, capsys):

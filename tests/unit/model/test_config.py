@@ -7,13 +7,15 @@ import json
 import pytest
 from memkd.config import ModelConfig, TrainConfig
 from memkd.errors import ConfigError
+from memkd.precision import Precision
 
 
 def test_round_trip_through_json() -> None:
     m = ModelConfig(backbone="wide_resnet50_2", width_mult=2.0, fusion="add", temperature=0.5)
     assert ModelConfig.from_dict(json.loads(json.dumps(m.to_dict()))) == m
-    t = TrainConfig(steps=7, betas=(0.9, 0.99), threshold_rule="quantile")
+    t = TrainConfig(steps=7, betas=(0.9, 0.99), threshold_rule="quantile", precision="bf16")
     assert TrainConfig.from_dict(json.loads(json.dumps(t.to_dict()))) == t
+    assert t.precision is Precision.BF16 and t.to_dict()["precision"] == "bf16"
 
 
 @pytest.mark.parametrize(
@@ -37,3 +39,5 @@ def test_unknown_keys_are_refused() -> None:
         ModelConfig.from_dict({"colour": "red"})
     with pytest.raises(ConfigError):
         TrainConfig(threshold_rule="median")
+    with pytest.raises(ConfigError, match="precision must be one of auto, fp32, bf16, fp16"):
+        TrainConfig(precision="fp8")  # type: ignore[arg-type]

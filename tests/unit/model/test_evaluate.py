@@ -31,7 +31,7 @@ class BrightnessModel:
     def to(self, device: str | torch.device) -> BrightnessModel:
         return self
 
-    def score(self, teacher: object, batch: torch.Tensor) -> AnomalyResult:
+    def score(self, teacher: object, batch: torch.Tensor, precision: str = "auto") -> AnomalyResult:
         self.batches.append(batch.shape[0])
         maps = batch.mean(dim=1, keepdim=True)
         return AnomalyResult(maps=maps, scores=maps.amax(dim=(1, 2, 3)))
@@ -76,8 +76,10 @@ def test_a_misplaced_roi_is_visible_in_the_pixel_metrics(tmp_path: Path) -> None
     category = read_mvtec_category(_category(tmp_path / "plate"))
 
     class Shifted(BrightnessModel):
-        def score(self, teacher: object, batch: torch.Tensor) -> AnomalyResult:
-            result = super().score(teacher, batch)
+        def score(
+            self, teacher: object, batch: torch.Tensor, precision: str = "auto"
+        ) -> AnomalyResult:
+            result = super().score(teacher, batch, precision)
             maps = torch.roll(result.maps, shifts=(6, 6), dims=(2, 3))
             return AnomalyResult(maps=maps, scores=result.scores)
 

@@ -12,6 +12,7 @@ from memkd.artifact import ArtifactError
 from memkd.backbones import Teacher, load_teacher
 from memkd.config import ModelConfig, TrainConfig
 from memkd.line_model import LineModel
+from memkd.precision import Precision, PrecisionError, resolve_precision
 from memkd.train import fit
 from PIL import Image
 from skimage import data
@@ -59,10 +60,14 @@ def test_artifact_round_trip_gives_identical_scores(
     sha = trained.save(path)
     loaded = LineModel.load(path, lite0)
     x = torch.randn(2, 3, 64, 64)
-    assert torch.equal(trained.score(lite0, x).maps, loaded.score(lite0, x).maps)
+    fp32 = Precision.FP32  # exact on any machine (auto is bf16 on one with native bf16)
+    assert torch.equal(trained.score(lite0, x, fp32).maps, loaded.score(lite0, x, fp32).maps)
     assert loaded.calibration == trained.calibration and loaded.roi == trained.roi
+    assert loaded.calibrated_precision is trained.calibrated_precision
     from_bytes = LineModel.load(path.read_bytes(), lite0, expected_sha256=sha)
-    assert torch.equal(trained.score(lite0, x).scores, from_bytes.score(lite0, x).scores)
+    assert torch.equal(
+        trained.score(lite0, x, fp32).scores, from_bytes.score(lite0, x, fp32).scores
+    )
     assert loaded.nbytes == trained.nbytes > 0
 
 
@@ -75,8 +80,8 @@ def test_half_precision_artifact_is_smaller_and_close(
     assert half.stat().st_size < 0.6 * full.stat().st_size
     x = torch.randn(2, 3, 64, 64)
     torch.testing.assert_close(
-        LineModel.load(half, lite0).score(lite0, x).scores,
-        trained.score(lite0, x).scores,
+        LineModel.load(half, lite0).score(lite0, x, "fp32").scores,
+        trained.score(lite0, x, "fp32").scores,
         rtol=2e-2,
         atol=2e-2,
     )
@@ -110,3 +115,23 @@ def test_roi_is_kept(lite0: Teacher, tmp_path: Path) -> None:
     model = fit(_crops(6), cfg, TrainConfig(steps=1, batch_size=2), lite0, roi=(8, 8, 64, 64)).model
     model.save(tmp_path / "roi.safetensors")
     assert LineModel.load(tmp_path / "roi.safetensors", lite0).roi == (8, 8, 64, 64)
+
+
+def test_the_calibration_precision_is_recorded(trained: LineModel, tmp_path: Path) -> None:
+    assert trained.provenance["precision"] == resolve_precision("auto", "cpu").value
+    assert trained.calibrated_precision is Precision(trained.provenance["precision"])
+    record = trained.record()
+    for device, expected in (("cpu", Precision.FP32), ("cuda:0", Precision.BF16)):
+        # Before it was recorded, fit used bf16 autocast on CUDA and fp32 elsewhere.
+        old = {k: v for k, v in record["provenance"].items() if k != "precision"}
+        model = LineModel.from_record(record | {"provenance": old | {"device": device}})
+        assert model.calibrated_precision is expected
+    for bad in ("fp8", "auto"):
+        with pytest.raises(ArtifactError, match="rebuilt") as err:
+            LineModel.from_record(record | {"provenance": {"precision": bad}})
+        assert err.value.code == "artifact-mismatch"
+
+
+def test_fp16_scoring_on_a_cpu_is_refused(trained: LineModel, lite0: Teacher) -> None:
+    with pytest.raises(PrecisionError, match="fp16 needs a CUDA GPU"):
+        trained.score(lite0, torch.randn(1, 3, 64, 64), "fp16")

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from memkd.backbones import Teacher
 from memkd.config import ModelConfig, TrainConfig
+from memkd.precision import PrecisionError
 from memkd.train import fit, holdout_split
 from PIL import Image
 from skimage import data
@@ -38,12 +40,25 @@ def test_fit_reports_progress_and_calibrates_on_held_out_images(lite0: Teacher) 
 
 def test_same_seed_same_model_other_seed_other_model(lite0: Teacher) -> None:
     imgs = _crops(8)
-    tcfg = TrainConfig(steps=2, batch_size=4, exemplars=2)
+    tcfg = TrainConfig(steps=2, batch_size=4, exemplars=2, precision="fp32")
     a = fit(imgs, CFG, tcfg, lite0).model.student.state_dict()
     b = fit(imgs, CFG, tcfg, lite0).model.student.state_dict()
     c = fit(imgs, CFG, TrainConfig(steps=2, batch_size=4, exemplars=2, seed=1), lite0)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not torch.equal(a["memories.0.keys"], c.model.student.state_dict()["memories.0.keys"])
+
+
+def test_the_fit_precision_is_recorded_with_the_calibration(lite0: Teacher) -> None:
+    tcfg = TrainConfig(steps=1, batch_size=4, exemplars=2, precision="bf16")  # emulated on CPU
+    res = fit(_crops(6), ModelConfig(input_size=64, memory_items=4), tcfg, lite0)
+    assert res.report["precision"] == res.model.provenance["precision"] == "bf16"
+    assert res.model.calibration is not None and np.isfinite(res.report["holdout_scores"]).all()
+    assert {type(v) for v in res.report["final_losses"].values()} == {float}
+
+
+def test_fp16_on_a_cpu_fails_before_any_work(lite0: Teacher) -> None:
+    with pytest.raises(PrecisionError, match="fp16 needs a CUDA GPU"):
+        fit([], CFG, TrainConfig(precision="fp16"), lite0)  # no images: it never got there
 
 
 def test_loss_goes_down(lite0: Teacher) -> None:

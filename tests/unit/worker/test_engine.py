@@ -14,8 +14,10 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import structlog
 import torch
 from memkd.artifact import ArtifactError
+from memkd.precision import Precision, PrecisionError
 
 from memkd_stream.lines.errors import StoreUnavailable
 from memkd_stream.settings import ModelSettings, WorkerSettings
@@ -50,6 +52,8 @@ class FakeModel:
         self.mean = (0.5, 0.5, 0.5)
         self.std = (0.25, 0.25, 0.25)
         self.roi = (1, 2, 30, 40)
+        self.calibrated_precision = Precision.BF16 if b"bf16" in blob else Precision.FP32
+        self.precisions: list[Precision | str] = []
 
     @classmethod
     def load(cls, blob: bytes, teacher: FakeTeacher, expected_sha256: str | None = None):
@@ -60,7 +64,10 @@ class FakeModel:
             raise ArtifactError("not a memkd artifact", code="artifact-corrupt")
         return cls(blob, teacher)
 
-    def score(self, teacher: FakeTeacher, batch: torch.Tensor) -> tuple[str, torch.Tensor]:
+    def score(
+        self, teacher: FakeTeacher, batch: torch.Tensor, precision: Precision | str = "auto"
+    ) -> tuple[str, torch.Tensor]:
+        self.precisions.append(precision)
         return (teacher.name, batch.sum())
 
 
@@ -128,8 +135,10 @@ def teachers_built(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return built
 
 
-def _engine(store: FakeStore, max_models: int = 8, max_bytes: int = 10_000, metrics=None):
-    model = ModelSettings(backbone=LITE0, device="cpu")
+def _engine(
+    store: FakeStore, max_models: int = 8, max_bytes: int = 10_000, metrics=None, precision="auto"
+):
+    model = ModelSettings(backbone=LITE0, device="cpu", precision=precision)
     worker = WorkerSettings(cache_max_models=max_models, cache_max_bytes=max_bytes)
     return Engine(model, worker, store, metrics=metrics)
 
@@ -356,6 +365,32 @@ def test_preprocess_params_and_score_come_from_the_model(teachers_built: list[st
     assert engine.preprocess_params(loaded) == (64, (0.5,) * 3, (0.25,) * 3, (1, 2, 30, 40))
     name, total = engine.score(loaded, torch.ones(2, 3, 4, 4))
     assert name == LITE0 and total.item() == 96.0
+    assert loaded.model.precisions == [engine.precision]
+
+
+def test_the_settings_precision_is_resolved_once_and_passed_to_every_score(
+    teachers_built: list[str],
+) -> None:
+    store = FakeStore()
+    store.add("A", 1)
+    store.add("B", 1, tag=b"B@1:bf16")
+    engine = _engine(store, precision="bf16")  # forced: runs on any CPU, emulated where needed
+    assert engine.precision is Precision.BF16
+    with structlog.testing.capture_logs() as logs:
+        for line in ("A", "A", "B"):
+            loaded = engine.get_line(line)
+            engine.score(loaded, torch.ones(1, 3, 4, 4))
+    assert engine.get_line("A").model.precisions == [Precision.BF16] * 2
+    noted = [e for e in logs if "another precision" in e["event"]]
+    assert [(e["line"], e["precision"], e["calibrated_precision"]) for e in noted] == [
+        ("A", "bf16", "fp32")  # once per loaded line; B was calibrated at bf16
+    ]
+
+
+def test_fp16_on_a_cpu_is_refused_when_the_engine_starts(teachers_built: list[str]) -> None:
+    with pytest.raises(PrecisionError, match="fp16 needs a CUDA GPU") as err:
+        _engine(FakeStore(), precision="fp16")
+    assert err.value.code == "precision-unsupported"
 
 
 def test_resolve_device() -> None:

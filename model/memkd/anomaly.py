@@ -160,13 +160,15 @@ class Calibration:
         fresh = Calibration.from_scores(self.scores, new_rule, self.k, self.q, target_fpr)
         return replace(fresh, defects=self.defects)
 
-    def with_threshold(self, value: float) -> Calibration:
-        """A threshold chosen by hand; its expected false-alarm rate when the scores are kept."""
+    def with_threshold(self, value: float, rule: str = "manual") -> Calibration:
+        """A threshold set another way (by hand, from defects); its expected false-alarm rate
+        when the held-out scores are kept. What defects said no longer applies: ``with_defects``
+        again."""
         if not value > 0 or not math.isfinite(value):
             raise ValueError(f"a threshold must be a positive finite number, got {value}")
         fpr = expected_fpr(self.scores, value, DEFAULT_RULE) if self.scores else None
-        return replace(self, threshold=float(value), rule="manual", target_fpr=None,
-                       expected_fpr=fpr)  # fmt: skip
+        return replace(self, threshold=float(value), rule=rule, target_fpr=None,
+                       expected_fpr=fpr, defects=None)  # fmt: skip
 
     def with_defects(self, bad_scores: Sequence[float] | np.ndarray) -> Calibration:
         """Record what defective examples say: the share this threshold catches, and the

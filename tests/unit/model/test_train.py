@@ -143,3 +143,16 @@ def test_memory_warmup_blends_the_recall_in(lite0: Teacher) -> None:
         MemKDStudent._fuse = original  # type: ignore[method-assign]
     assert gains[:5] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0]) and set(gains[5:]) == {1.0}
     assert model.student.recall_gain == 1.0
+
+
+def test_the_accuracy_defaults_work_for_the_paper_teacher(wrn_random: Teacher) -> None:
+    """WRN50's weights cannot be had here, so its accuracy is not measured; its code path is:
+    memory from data, warm-up, cosine lr, early stopping, top-k score, the threshold rule."""
+    tcfg = TrainConfig(steps=3, batch_size=2, exemplars=2, memory_init="data", memory_warmup=0.3,
+                       lr_schedule="cosine", early_stopping=True, eval_every=1,
+                       threshold_rule="lognormal", holdout_fraction=0.5)  # fmt: skip
+    mcfg = ModelConfig(backbone="wide_resnet50_2", input_size=64, memory_items=4, score_topk=0.01)
+    res = fit(_crops(6), mcfg, tcfg, wrn_random)
+    cal = res.model.calibration
+    assert cal is not None and cal.rule == "lognormal" and len(cal.scores) == 3
+    assert res.report["best_step"] in (1, 2, 3)

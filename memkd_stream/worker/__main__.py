@@ -204,6 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         heartbeats=heartbeats,
         stuck_after_s=settings.worker.stuck_after_s,
     )
+    swapper.prime()
     swapper.start()
     server.started()
     try:

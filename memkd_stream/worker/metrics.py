@@ -146,6 +146,19 @@ class WorkerMetrics:
         self.line_anomalies = Counter(
             "memkd_line_anomalies", "Images scored anomalous per line", ["line"], registry=r
         )
+        self.line_records_in = Counter(
+            "memkd_line_records_in",
+            "Requests consumed per line (keys that are no line: _other)",
+            ["line"],
+            registry=r,
+        )
+        self.late_images = Counter(
+            "memkd_late_images",
+            "Images older than worker.max_age_ms when they would be scored, by the late policy "
+            "applied (score: scored with late_ms; dead-letter: dead-lettered stale)",
+            ["line", "policy"],
+            registry=r,
+        )
         self.line_score = Histogram(
             "memkd_line_score",
             "Raw image scores per line",
@@ -181,6 +194,13 @@ class WorkerMetrics:
     # ------------------------------------------------------------ worker hooks
     def record_in(self, n: int = 1) -> None:
         self.records_in.inc(n)
+
+    def line_record_in(self, line: str) -> None:
+        """A request of ``line`` parsed (the per-line traffic "no results" alerts compare to)."""
+        self.line_records_in.labels(self._line(line)).inc()
+
+    def late_image(self, line: str, policy: str) -> None:
+        self.late_images.labels(self._line(line), str(policy)).inc()
 
     def scored(self, line: str, version: int, score: float, anomalous: bool) -> None:
         """One image scored (counted when computed; delivery is counted by ``result_acked``)."""

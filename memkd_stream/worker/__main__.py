@@ -148,8 +148,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from memkd_stream.worker.hot_swap import HotSwapper
     from memkd_stream.worker.metrics import WorkerMetrics
 
-    metrics = WorkerMetrics()
     heartbeats = Heartbeats()
+    metrics = WorkerMetrics(heartbeats=heartbeats)
     store = LineStore.from_settings(settings.redis)
     try:
         engine = Engine(settings.model, settings.worker, store, metrics=metrics)

@@ -12,6 +12,7 @@ record reported replayed is on the inspect topic.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from memkd_stream.broker.clients import make_producer, make_reader, timeout_ms
-from memkd_stream.broker.errors import connect_failure
+from memkd_stream.broker.errors import connect_failure, unavailable
 from memkd_stream.broker.topics import broker_topics, require_topic
 from memkd_stream.contract.headers import HEADER_ERROR, HEADER_ID, HEADER_SOURCE, Headers
 from memkd_stream.contract.replay import NotReplayable, Replay, plan_replay, replay_count
@@ -105,7 +106,8 @@ def replay_dead_letters(
                 connect_timeout_s,
                 lambda: make_producer(kafka, bootstrap_timeout_ms=ms, max_block_ms=ms),
             )
-        for record in _read(reader, kafka.dlq_topic, window):
+        stall_s = connect_timeout_s + kafka.request_timeout_ms / 1000
+        for record in _read(reader, kafka, window, stall_s):
             report.scanned += 1
             headers: Headers = [
                 (k, b"" if v is None else bytes(v)) for k, v in record.headers or ()
@@ -167,17 +169,24 @@ def _fix_window(
     return {tp.partition: (min(starts[tp], ends[tp]), ends[tp]) for tp in tps}
 
 
-def _read(reader: KafkaConsumer, topic: str, window: dict[int, tuple[int, int]]) -> Iterator[Any]:
-    """The records of the window, partition by partition in offset order within each."""
-    todo = {TopicPartition(topic, p): span for p, span in window.items() if span[0] < span[1]}
+def _read(
+    reader: KafkaConsumer, kafka: KafkaSettings, window: dict[int, tuple[int, int]], stall_s: float
+) -> Iterator[Any]:
+    """The dead letters of the window, in offset order within each partition. Raises
+    KafkaUnavailable when nothing more arrives for ``stall_s`` (the broker went away)."""
+    todo = {
+        TopicPartition(kafka.dlq_topic, p): span for p, span in window.items() if span[0] < span[1]
+    }
     if not todo:
         return
     reader.assign(list(todo))
     for tp, (start, _) in todo.items():
         reader.seek(tp, start)
+    progress = time.monotonic()
     while todo:
         for tp, records in reader.poll(timeout_ms=_POLL_MS).items():
             end = todo.get(tp, (0, 0))[1]
+            progress = time.monotonic()
             for record in records:
                 if record.offset < end:
                     yield record
@@ -185,6 +194,10 @@ def _read(reader: KafkaConsumer, topic: str, window: dict[int, tuple[int, int]])
             if reader.position(tp) >= todo[tp][1]:
                 del todo[tp]
                 reader.pause(tp)
+        if todo and time.monotonic() - progress > stall_s:
+            where = ", ".join(f"{tp.partition}" for tp in sorted(todo))
+            stalled = TimeoutError(f"no dead letters arrived from partitions {where}")
+            raise unavailable(kafka.bootstrap_servers, stall_s, stalled)
 
 
 def _header(headers: Headers, name: str) -> str | None:

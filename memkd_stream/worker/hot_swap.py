@@ -28,6 +28,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+from memkd_stream.contract.line_id import validate_line_id
 from memkd_stream.log import Logger, get_logger
 
 if TYPE_CHECKING:
@@ -185,7 +186,7 @@ class HotSwapper:
     def _on_event(self, data: Any) -> None:
         try:
             event = json.loads(data)
-            line = str(event["line"])
+            line = validate_line_id(str(event["line"]))  # BadLineId is a ValueError
         except (TypeError, ValueError, KeyError) as exc:
             self.log.warning("ignored a malformed line event", error=str(exc))
             return

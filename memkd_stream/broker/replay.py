@@ -18,12 +18,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import KafkaError
 
 from memkd_stream.broker.clients import make_producer, make_reader, timeout_ms
 from memkd_stream.broker.errors import connect_failure, unavailable
 from memkd_stream.broker.topics import broker_topics, require_topic
 from memkd_stream.contract.headers import HEADER_ERROR, HEADER_ID, HEADER_SOURCE, Headers
 from memkd_stream.contract.replay import NotReplayable, Replay, plan_replay, replay_count
+from memkd_stream.errors import MemkdStreamError
 
 if TYPE_CHECKING:
     from kafka.producer.future import FutureRecordMetadata
@@ -87,6 +89,7 @@ def replay_dead_letters(
         TopicMissing: the dead-letter or the inspect topic does not exist.
         KafkaUnavailable / KafkaRefused: the broker does not answer, or refuses us; when that
             happens while producing, the message says how many records were replayed before.
+        MemkdStreamError: the broker refused a replayed record (the same count is given).
     """
     topics = broker_topics(kafka, connect_timeout_s)
     require_topic(kafka, kafka.dlq_topic, topics, "dead letters")
@@ -127,6 +130,8 @@ def replay_dead_letters(
         return report
     except Exception as exc:
         failure = connect_failure(kafka.bootstrap_servers, connect_timeout_s, exc)
+        if failure is None and isinstance(exc, KafkaError):  # the broker refused a record
+            failure = MemkdStreamError(f"the broker refused a replayed record: {exc!r}")
         if failure is None:
             raise
         done = sum(1 for row, _ in pending if row.get("to"))

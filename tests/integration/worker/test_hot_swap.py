@@ -8,6 +8,7 @@ threshold, so each check also proves which model object actually serves.
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -251,9 +252,12 @@ def test_lines_not_held_and_malformed_events_are_ignored(
     store.publish("B", artifacts["v1"], who="test")
     store.publish("B", artifacts["v2"], who="test")
     redis_client.publish(store.events_channel, b"not json")  # a stray publisher on the channel
+    bogus = {"line": "no line:id", "version": 1, "action": "late-policy"}
+    redis_client.publish(store.events_channel, json.dumps(bogus))
     before = swapper.reconciles
     _wait_for(lambda: swapper.reconciles >= before + 2)
     assert engine.held_lines() == {"A": 1}
+    assert not engine.directory.knows("no line:id")  # never a line, a label or a Redis key
     assert swapper.alive and swapper.connected
     store.publish("A", artifacts["v2"], who="test")  # still following the held line
     _wait_for(lambda: engine.held_lines() == {"A": 2})

@@ -17,7 +17,9 @@ COMMANDS = [
     ["eval"],
     ["lines"],
     *[["lines", action] for action in ("list", "show", "history", "activate", "rollback")],
-    *[["lines", action] for action in ("delete", "publish", "export")],
+    *[["lines", action] for action in ("delete", "publish", "export", "late-policy")],
+    ["dlq"],
+    ["dlq", "replay"],
 ]
 
 
@@ -55,6 +57,12 @@ def test_every_command_has_help(command, capsys):
         ["data", "synth", "--out", "d", "--n-train", "-3"],
         ["data", "synth", "--out", "d", "--size", "10"],
         ["lines", "show", "-bad"],
+        ["lines", "late-policy", "A", "sometimes"],
+        ["lines", "late-policy", "A", "score", "--clear"],
+        ["dlq", "replay", "--code", "no-such-code"],
+        ["dlq", "replay", "--since", "last tuesday"],
+        ["dlq", "replay", "--since", "15 minutes"],
+        ["dlq", "replay", "--line", "bad:id"],
         ["--log-level", "LOUD", "lines", "list"],
     ],
 )

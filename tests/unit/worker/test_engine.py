@@ -260,7 +260,7 @@ def test_one_teacher_per_backbone_shared_by_its_lines(teachers_built: list[str])
     store.add("B", 1)
     store.add("W", 1, backbone=WRN50)
     engine = _engine(store)
-    a, b, w = engine.get_line("A", wait_s=None), engine.get_line("B", wait_s=None), engine.get_line("W", wait_s=None)
+    a, b, w = (engine.get_line(line, wait_s=None) for line in ("A", "B", "W"))
     assert a.teacher is b.teacher
     assert w.teacher is not a.teacher and w.backbone == WRN50
     assert sorted(teachers_built) == [LITE0, WRN50]
@@ -325,7 +325,10 @@ def test_concurrent_misses_load_a_line_once(teachers_built: list[str]) -> None:
     store.add("A", 1)
     engine = _engine(store)
     results: list[LoadedLine] = []
-    threads = [threading.Thread(target=lambda: results.append(engine.get_line("A", wait_s=None))) for _ in "12"]
+    threads = [
+        threading.Thread(target=lambda: results.append(engine.get_line("A", wait_s=None)))
+        for _ in "12"
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:

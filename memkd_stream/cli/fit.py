@@ -35,7 +35,7 @@ from memkd_stream.errors import MemkdStreamError
 __all__ = ["register"]
 
 # memkd.threshold's names, spelled here so that `--help` does not import torch
-RULES = ("lognormal", "normal", "mean_std", "quantile")
+RULES = ("lognormal", "lognormal_fit", "normal", "mean_std", "quantile")
 DEFAULT_RULE = "lognormal"
 DEFAULT_TARGET_FPR = 0.01
 

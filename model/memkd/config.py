@@ -19,7 +19,7 @@ from memkd.threshold import DEFAULT_TARGET_FPR, RULES
 __all__ = ["ModelConfig", "TrainConfig"]
 
 Fusion = Literal["concat", "add"]
-ThresholdRule = Literal["lognormal", "normal", "mean_std", "quantile"]
+ThresholdRule = Literal["lognormal", "lognormal_fit", "normal", "mean_std", "quantile"]
 MemoryInit = Literal["random", "data"]
 LrSchedule = Literal["constant", "cosine"]
 

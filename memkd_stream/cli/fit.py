@@ -36,7 +36,7 @@ __all__ = ["register"]
 
 # memkd.threshold's names, spelled here so that `--help` does not import torch
 RULES = ("lognormal", "lognormal_fit", "normal", "mean_std", "quantile")
-DEFAULT_RULE = "lognormal"
+DEFAULT_RULE = "lognormal_fit"
 DEFAULT_TARGET_FPR = 0.01
 
 MIN_TRAIN_IMAGES = 8
@@ -71,8 +71,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--roi", type=parse_roi, metavar="X,Y,W,H", help="crop box in image pixels")
     schedule = p.add_mutually_exclusive_group()
-    schedule.add_argument("--steps", type=_POSITIVE, metavar="N", help="optimiser steps")
+    schedule.add_argument(
+        "--steps", type=_POSITIVE, metavar="N", help="optimiser steps (default 1000, cosine lr)"
+    )
     schedule.add_argument("--epochs", type=_POSITIVE, metavar="N", help="passes over the images")
+    p.add_argument(
+        "--max-minutes",
+        type=float,
+        metavar="M",
+        help="stop training after M minutes and keep the best student so far (a CPU-only box: "
+        "the default schedule is ~40 min at 256 px on 2 cores)",
+    )
     p.add_argument("--batch-size", type=_POSITIVE, default=16, metavar="N", help="default 16")
     p.add_argument("--input-size", type=_POSITIVE, default=256, metavar="PX", help="default 256")
     p.add_argument("--seed", type=int, default=0, help="default 0")
@@ -93,8 +102,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--threshold-rule",
         choices=RULES,
-        help=f"how held-out good scores set the threshold (default {DEFAULT_RULE}: a prediction "
-        "bound that holds --target-fpr with few images)",
+        help=f"how held-out good scores set the threshold (default {DEFAULT_RULE}: the fitted "
+        "log-normal's quantile for --target-fpr; lognormal: a more cautious prediction bound)",
     )
     p.add_argument(
         "--defects",
@@ -159,11 +168,15 @@ def _fit(ctx: Context) -> int:
     out.note(f"loading teacher {backbone} on {device} ({precision} compute)")
     teacher = load_teacher_for(backbone, args.teacher_weights, settings, device)
     model_config = ModelConfig(backbone=backbone, input_size=args.input_size)
-    threshold: dict[str, Any] = {}
+    overrides: dict[str, Any] = {}
     if args.target_fpr is not None:
-        threshold["target_fpr"] = args.target_fpr
+        overrides["target_fpr"] = args.target_fpr
     if args.threshold_rule is not None:
-        threshold["threshold_rule"] = args.threshold_rule
+        overrides["threshold_rule"] = args.threshold_rule
+    if args.max_minutes is not None:
+        if not args.max_minutes > 0:
+            raise UsageError(f"--max-minutes must be > 0, got {args.max_minutes}")
+        overrides["max_seconds"] = 60.0 * args.max_minutes
     train_config = TrainConfig(
         steps=args.steps,
         epochs=args.epochs,
@@ -171,7 +184,7 @@ def _fit(ctx: Context) -> int:
         seed=args.seed,
         device=device,
         precision=precision,
-        **threshold,
+        **overrides,
     )
     out.note(
         f"training line {args.line} on {len(dataset.train)} good images from {dataset.root} "
@@ -234,6 +247,9 @@ def _fit(ctx: Context) -> int:
             "seconds": result.report.get("train_seconds"),
             "total_seconds": round(elapsed, 2),
             "steps": result.report.get("steps"),
+            "steps_run": result.report.get("steps_run"),
+            "stopped_by": result.report.get("stopped_by"),
+            "best_step": result.report.get("best_step"),
             "n_train": result.report.get("n_train"),
             "n_holdout": result.report.get("n_holdout"),
             "final_losses": result.report.get("final_losses"),
@@ -291,7 +307,7 @@ def _print_report(console: Console, data: dict[str, Any]) -> None:
             f"{training['n_holdout']} held out for calibration), "
             f"{len(data['dataset']['unreadable'])} skipped",
         ),
-        ("training", f"{training['steps']} steps in {training['seconds']} s"),
+        ("training", _training_line(training)),
         ("final losses", _fmt_map(training["final_losses"])),
         (
             "normal scores",
@@ -399,6 +415,17 @@ def at_threshold_text(at: dict[str, Any]) -> str:
 
 def _g(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, int | float) else str(value)
+
+
+def _training_line(training: dict[str, Any]) -> str:
+    run, planned = training.get("steps_run") or training["steps"], training["steps"]
+    text = f"{run} of {planned} steps" if run != planned else f"{planned} steps"
+    text += f" in {training['seconds']} s"
+    if training.get("stopped_by") == "max_seconds":
+        text += " (stopped at --max-minutes)"
+    if training.get("best_step"):
+        text += f"; kept the student of step {training['best_step']} (lowest held-out KD loss)"
+    return text
 
 
 def _fmt_map(values: dict[str, Any] | None) -> str:

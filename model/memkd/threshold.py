@@ -6,13 +6,13 @@ account for both the distribution's tail and the uncertainty of estimating it fr
 
 Rules (``RULES``):
 
-- ``lognormal`` (default): image scores (maxima of non-negative maps) are right-skewed; their
+- ``lognormal``: image scores (maxima of non-negative maps) are right-skewed; their
   logarithm is modelled as normal, and the threshold is the upper **prediction bound** for one
   new score: ``exp(m + t(1 - fpr, n - 1) * s * sqrt(1 + 1/n))`` with m, s the mean and standard
   deviation of the log scores and t Student's quantile. Averaged over the held-out samples a line
   could have drawn, a new good image exceeds it with probability ``fpr`` exactly (when the model
   holds), which is what "expected false-alarm rate" means here.
-- ``lognormal_fit``: the same log-normal model, but the threshold is its fitted
+- ``lognormal_fit`` (default): the same log-normal model, but the threshold is its fitted
   ``1 - fpr`` quantile, ``exp(m + z(1 - fpr) * s)``, not a bound. The prediction bound's
   promise holds on average over held-out samples, but with the nine or so held-out images a line
   usually has, its typical threshold sits far above the good scores (t with 8 degrees of freedom):
@@ -48,7 +48,7 @@ __all__ = [
 RULES = ("lognormal", "lognormal_fit", "normal", "mean_std", "quantile")
 # The rules that take a target false-alarm rate (the others ignore it).
 TARGET_RULES = ("lognormal", "lognormal_fit", "normal")
-DEFAULT_RULE = "lognormal"
+DEFAULT_RULE = "lognormal_fit"
 DEFAULT_TARGET_FPR = 0.01
 # Below this many scores a standard deviation means nothing: the rules fall back to the maximum.
 MIN_SCORES = 3

@@ -20,12 +20,13 @@ from memkd.anomaly import AnomalyResult, Calibration, anomaly_result
 from memkd.artifact import ArtifactError, check_record_compatible, read_artifact, write_artifact
 from memkd.backbones import Teacher, backbone_spec
 from memkd.config import ModelConfig
+from memkd.lineage import FULL_KIND, is_delta
 from memkd.network import MemKDStudent
 from memkd.precision import Precision, autocast, resolve_precision
 
-__all__ = ["RECORD_KIND", "RECORD_SCHEMA", "LineModel"]
+__all__ = ["RECORD_KIND", "RECORD_SCHEMA", "LineModel", "check_teacher"]
 
-RECORD_KIND = "memkd-line-model"
+RECORD_KIND = FULL_KIND
 RECORD_SCHEMA = 1
 
 
@@ -173,6 +174,14 @@ class LineModel:
         cls, record: dict[str, Any], tensors: dict[str, torch.Tensor] | None = None
     ) -> LineModel:
         """Rebuild the network a record describes (and load its weights, strict)."""
+        if is_delta(record):
+            raise ArtifactError(
+                "this is a delta artifact: it holds only what changed from its parent (sha256 "
+                f"{str((record.get('parent') or {}).get('sha256'))[:12]}…); load it together "
+                "with that parent (memkd.delta.load_delta, or `memkd-stream eval --artifact "
+                "DELTA --parent FULL`).",
+                code="artifact-mismatch",
+            )
         if record.get("kind") != RECORD_KIND or record.get("schema") != RECORD_SCHEMA:
             raise ArtifactError(
                 f"not a line model record this memkd can read (kind {record.get('kind')!r}, "
@@ -230,20 +239,25 @@ class LineModel:
         """
         tensors, record = read_artifact(source, expected_sha256)
         if teacher is not None:
-            check_record_compatible(record, teacher.name, teacher.channels)
-            recorded = record.get("teacher", {})
-            for key in ("mean", "std", "fingerprint"):
-                have = teacher.describe()[key]
-                if recorded.get(key) != have:
-                    raise ArtifactError(
-                        f"the line model was trained with other {teacher.name} teacher weights "
-                        f"({key}: {recorded.get(key)} vs {have}); load it with the teacher "
-                        "weights it was trained with, or retrain the line.",
-                        code="artifact-mismatch",
-                    )
+            check_teacher(record, teacher)
         model = cls.from_record(record, tensors)
         target = device if device is not None else (teacher.device if teacher else "cpu")
         return model.to(target)
+
+
+def check_teacher(record: dict[str, Any], teacher: Teacher) -> None:
+    """Refuse a record trained with another teacher or other weights (``artifact-mismatch``)."""
+    check_record_compatible(record, teacher.name, teacher.channels)
+    recorded = record.get("teacher", {})
+    for key in ("mean", "std", "fingerprint"):
+        have = teacher.describe()[key]
+        if recorded.get(key) != have:
+            raise ArtifactError(
+                f"the line model was trained with other {teacher.name} teacher weights "
+                f"({key}: {recorded.get(key)} vs {have}); load it with the teacher "
+                "weights it was trained with, or retrain the line.",
+                code="artifact-mismatch",
+            )
 
 
 def code_version() -> dict[str, str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import platform
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from memkd.lineage import FULL_KIND, is_delta
 from memkd.network import MemKDStudent
 from memkd.precision import Precision, autocast, resolve_precision
 
-__all__ = ["RECORD_KIND", "RECORD_SCHEMA", "LineModel", "check_teacher"]
+__all__ = ["RECORD_KIND", "RECORD_SCHEMA", "LineModel", "TeacherFeatures", "check_teacher"]
 
 RECORD_KIND = FULL_KIND
 RECORD_SCHEMA = 1
@@ -45,6 +46,14 @@ def _recorded_precision(provenance: dict[str, Any]) -> Precision:
     if precision is Precision.AUTO:
         raise ValueError("a calibration precision is fp32, bf16 or fp16, never 'auto'")
     return precision
+
+
+@dataclass(frozen=True)
+class TeacherFeatures:
+    """The teacher's three feature maps of one batch and the input size they were taken at."""
+
+    maps: list[torch.Tensor]
+    size: tuple[int, int]
 
 
 class LineModel:
@@ -134,18 +143,37 @@ class LineModel:
         Raises:
             PrecisionError: ``precision`` cannot run on the model's device (fp16 off CUDA).
         """
+        return self.score_features(self.teacher_features(teacher, batch, precision), precision)
+
+    def teacher_features(
+        self, teacher: Teacher, batch: torch.Tensor, precision: Precision | str = Precision.AUTO
+    ) -> TeacherFeatures:
+        """The teacher's features of a preprocessed batch, on this model's device and layout.
+
+        Computed once, they serve every line model that shares this one's input (backbone,
+        size, normalisation, region of interest: ``memkd.lineage.input_differences``), which is
+        what makes a shadow version cost one student forward (``score_features``).
+        """
         if batch.ndim != 4 or batch.shape[1] != 3:
             raise ValueError(f"expected a batch [B, 3, H, W], got {tuple(batch.shape)}")
-        self.student.eval()
         device = self.device
         used = resolve_precision(precision, device)
         with torch.inference_mode():
             x = batch.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
             with autocast(device, used):
-                t_feats = teacher(x)
-                s_feats = self.student(t_feats)
-            size = (int(x.shape[-2]), int(x.shape[-1]))
-            return anomaly_result(t_feats, s_feats, size, self.config.score_topk)
+                feats = teacher(x)
+        return TeacherFeatures(list(feats), (int(x.shape[-2]), int(x.shape[-1])))
+
+    def score_features(
+        self, features: TeacherFeatures, precision: Precision | str = Precision.AUTO
+    ) -> AnomalyResult:
+        """Maps and scores of this model's student on teacher features (``teacher_features``)."""
+        self.student.eval()
+        used = resolve_precision(precision, self.device)
+        with torch.inference_mode():
+            with autocast(self.device, used):
+                s_feats = self.student(features.maps)
+            return anomaly_result(features.maps, s_feats, features.size, self.config.score_topk)
 
     def record(self) -> dict[str, Any]:
         """Everything of DESIGN.md §5 as a JSON-able dict (stored in the artifact header)."""

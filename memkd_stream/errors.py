@@ -34,6 +34,8 @@ class ErrorCode(StrEnum):
     LINE_UNAVAILABLE = "line-unavailable"
     VERSION_ACTIVE = "version-active"
     NO_ROLLBACK_TARGET = "no-rollback-target"
+    PARENT_NEEDED = "parent-needed"
+    SHADOW_REFUSED = "shadow-refused"
     REDIS_UNAVAILABLE = "redis-unavailable"
     ARTIFACT_CHECKSUM = "artifact-checksum"
     ARTIFACT_INVALID = "artifact-invalid"

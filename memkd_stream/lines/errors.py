@@ -8,6 +8,8 @@ __all__ = [
     "ArtifactRejected",
     "ChecksumMismatch",
     "NoRollbackTarget",
+    "ParentNeeded",
+    "ShadowRefused",
     "StoreUnavailable",
     "UnknownLine",
     "UnknownVersion",
@@ -55,3 +57,15 @@ class NoRollbackTarget(MemkdStreamError):
     """Rollback has nothing to go back to (no earlier activation, or it was deleted)."""
 
     code: str = ErrorCode.NO_ROLLBACK_TARGET
+
+
+class ParentNeeded(MemkdStreamError):
+    """Refused: deleting a full version that a stored delta is composed with."""
+
+    code: str = ErrorCode.PARENT_NEEDED
+
+
+class ShadowRefused(MemkdStreamError):
+    """A version that cannot shadow the active one (itself, or another input)."""
+
+    code: str = ErrorCode.SHADOW_REFUSED

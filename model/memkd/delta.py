@@ -27,13 +27,14 @@ from typing import Any
 
 import torch
 
+from memkd.anomaly import Calibration
 from memkd.artifact import ArtifactError, read_artifact, read_sidecar, write_artifact
 from memkd.backbones import Teacher
 from memkd.line_model import LineModel, check_teacher
 from memkd.lineage import DELTA_KIND, DELTA_SCHEMA, FULL_KIND, ParentRef, is_delta, parent_of
 from memkd.lineage import weight_differences as _weight_differences
 
-__all__ = ["compose", "load_delta", "memory_tensor_names", "save_delta"]
+__all__ = ["compose", "load_delta", "memory_tensor_names", "save_delta", "save_recalibrated"]
 
 ArtifactSource = Path | str | bytes
 
@@ -70,6 +71,42 @@ def save_delta(
         weights_dtype=dtype,
     )
     return write_artifact(Path(path), {name: state[name] for name in names}, record, dtype=dtype)
+
+
+def save_recalibrated(
+    path: Path | str,
+    record: Mapping[str, Any],
+    tensors: Mapping[str, torch.Tensor],
+    calibration: Calibration,
+    parent: ParentRef,
+    change: Mapping[str, Any],
+) -> str:
+    """Write a version with the weights of the version ``record`` describes and another
+    calibration, as a delta of the full ``parent``; return its sha256.
+
+    No network is built: ``tensors`` are that version's own delta tensors (empty when it is the
+    full parent itself), carried over so the new delta still names only the full parent.
+    ``change`` (who, from, to, rule) goes into the provenance as ``recalibrated``.
+    """
+    own = parent_of(record)
+    if own is not None and own.sha256 != parent.sha256:
+        raise ValueError("a recalibrated delta keeps the full parent of the version it copies")
+    names = sorted(tensors)
+    if is_delta(record) and names != sorted(record.get("tensors") or ()):
+        raise ValueError("give the version's own delta tensors, all of them")
+    new = {k: v for k, v in record.items() if k not in ("parent", "tensors")}
+    provenance = dict(new.get("provenance") or {})
+    provenance.update(recalibrated=dict(change), saved_at=dt.datetime.now(dt.UTC).isoformat())
+    new.update(
+        kind=DELTA_KIND,
+        schema=DELTA_SCHEMA,
+        parent=parent.to_dict(),
+        tensors=names,
+        calibration=calibration.to_dict(),
+        provenance=provenance,
+    )
+    dtype = str(record.get("weights_dtype") or "fp32")
+    return write_artifact(Path(path), dict(tensors), new, dtype=dtype)
 
 
 def compose(

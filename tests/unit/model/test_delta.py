@@ -11,7 +11,13 @@ from memkd.anomaly import Calibration
 from memkd.artifact import ArtifactError, read_artifact, sha256_file
 from memkd.backbones import Teacher
 from memkd.config import ModelConfig
-from memkd.delta import compose, load_delta, memory_tensor_names, save_delta
+from memkd.delta import (
+    compose,
+    load_delta,
+    memory_tensor_names,
+    save_delta,
+    save_recalibrated,
+)
 from memkd.line_model import LineModel
 from memkd.lineage import ParentRef
 from memkd.network import MemKDStudent
@@ -142,3 +148,25 @@ def test_a_delta_alone_is_refused_with_directions(
         load_delta(parent_path, parent_path, lite0)
     with pytest.raises(ValueError, match="not tensors of this student"):
         save_delta(parent_model, delta_path, ParentRef(sha256_file(parent_path)), ["nope"])
+
+
+def test_a_recalibrated_copy_of_a_delta_keeps_its_tensors_and_full_parent(
+    tmp_path: Path, lite0: Teacher, parent: tuple[Path, LineModel]
+) -> None:
+    parent_path, parent_model = parent
+    refitted = _refitted(parent_model, lite0)
+    ref = ParentRef(sha256_file(parent_path), 1, "A")
+    first = tmp_path / "refit.safetensors"
+    save_delta(refitted, first, ref, memory_tensor_names(refitted))
+    tensors, record = read_artifact(first)
+    moved = refitted.calibration.with_threshold(1.25)
+    second = tmp_path / "threshold.safetensors"
+    save_recalibrated(second, record, tensors, moved, ref, {"to": 1.25})
+    composed = load_delta(second, parent_path, lite0)
+    assert composed.threshold == 1.25 and composed.provenance["recalibrated"] == {"to": 1.25}
+    want = refitted.student.state_dict()["memories.0.keys"]
+    assert torch.equal(composed.student.state_dict()["memories.0.keys"], want)
+    with pytest.raises(ValueError, match="all of them"):
+        save_recalibrated(second, record, {}, moved, ref, {})
+    with pytest.raises(ValueError, match="full parent"):
+        save_recalibrated(second, record, tensors, moved, ParentRef("cd" * 32), {})

@@ -94,6 +94,10 @@ class FakeStore:
         self._check()
         return self.currents.get(line)
 
+    def shadow(self, line: str) -> int | None:
+        self._check()
+        return None
+
     def lines(self) -> list[str]:
         self._check()
         return sorted(self.currents)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from memkd_stream.errors import ErrorCode, MemkdStreamError
 
 __all__ = [
+    "ActiveChanged",
     "ArtifactRejected",
     "ChecksumMismatch",
     "NoRollbackTarget",
@@ -69,3 +70,9 @@ class ShadowRefused(MemkdStreamError):
     """A version that cannot shadow the active one (itself, or another input)."""
 
     code: str = ErrorCode.SHADOW_REFUSED
+
+
+class ActiveChanged(MemkdStreamError):
+    """Refused: the active version changed since a new one was compared with it."""
+
+    code: str = ErrorCode.ACTIVE_CHANGED

@@ -59,6 +59,7 @@ from memkd_stream.errors import MemkdStreamError
 from memkd_stream.lines.activation import ActivationReason
 from memkd_stream.lines.artifact_file import read_artifact_record, sidecar_sha256
 from memkd_stream.lines.errors import (
+    ActiveChanged,
     ArtifactRejected,
     ChecksumMismatch,
     NoRollbackTarget,
@@ -83,6 +84,13 @@ PENDING_CHUNK_TTL_S = 24 * 3600
 # History is for operators and rollback; a few hundred activations is years of retraining.
 HISTORY_MAX = 500
 _WATCH_RETRIES = 20
+
+
+class _Any:
+    """The type of ``ANY``: "whatever the active version is" (``activate(expect_current=)``)."""
+
+
+ANY = _Any()
 
 
 def _now_iso() -> str:
@@ -373,24 +381,56 @@ class LineStore:
         who: str,
         action: str = "activate",
         reason: ActivationReason = ActivationReason.OPERATOR,
+        expect_current: int | _Any | None = ANY,
     ) -> None:
         """Make ``version`` the active one: SET current + history + event in one MULTI/EXEC
-        (ending shadowing when ``version`` was the shadow)."""
+        (ending shadowing when ``version`` was the shadow).
+
+        ``expect_current``: activate only if this is still the active version (None: none is);
+        otherwise ``ActiveChanged`` (a gate compared against a version no longer active).
+        """
         validate_line_id(line)
         version = int(version)
         meta_key, shadow_key = self._k(line, "meta", version), self._k(line, "shadow")
+        current_key = self._k(line, "current")
 
         def txn(pipe: redis.client.Pipeline) -> None:
             if not pipe.exists(meta_key):
                 pipe.reset()
                 self._raise_missing(line, version)
+            if expect_current is not ANY:
+                raw = pipe.get(current_key)
+                current = int(cast(bytes, raw)) if raw is not None else None
+                if current != expect_current:
+                    pipe.reset()
+                    raise ActiveChanged(
+                        f"line {line}: the active version is now {current}, not "
+                        f"{expect_current} as when {line}@{version} was compared with it; "
+                        f"compare again, or `memkd-stream lines activate {line} {version}`"
+                    )
             shadow = pipe.get(shadow_key)
             pipe.multi()
             if shadow is not None and int(cast(bytes, shadow)) == version:
                 pipe.delete(shadow_key)
             self._queue_activation(pipe, line, version, who=who, action=action, reason=reason)
 
-        self._transaction(txn, meta_key, shadow_key)
+        self._transaction(txn, meta_key, shadow_key, current_key)
+
+    def annotate(self, line: str, version: int, notes: dict[str, Any]) -> None:
+        """Merge ``notes`` (JSON) into what ``meta`` reports for ``line@version``."""
+        validate_line_id(line)
+        meta_key = self._k(line, "meta", int(version))
+
+        def txn(pipe: redis.client.Pipeline) -> None:
+            raw = pipe.hget(meta_key, "notes")
+            if raw is None and not pipe.exists(meta_key):
+                pipe.reset()
+                self._raise_missing(line, version)
+            merged = {**json.loads(cast(bytes, raw) or b"{}"), **notes}
+            pipe.multi()
+            pipe.hset(meta_key, "notes", json.dumps(merged, separators=(",", ":"), sort_keys=True))
+
+        self._transaction(txn, meta_key)
 
     def set_shadow(self, line: str, version: int | None) -> None:
         """Make workers also score ``line`` with ``version`` (None: stop), and tell them.

@@ -55,6 +55,15 @@ ARMS: dict[str, Arm] = {
     "base": ({}, {}, ("memkd", "rd")),
     "init-data": ({}, {"memory_init": "data"}, ("memkd",)),
     "init-data-warm": ({}, {"memory_init": "data", "memory_warmup": 0.1}, ("memkd",)),
+    # 3. schedule, memory on and off: cosine lr over the same 300 steps; a longer cosine run
+    # (1000 steps, about 250 epochs of the 51 training images) that keeps the student with the
+    # lowest held-out KD loss, checked every 50 steps
+    "cosine": ({}, {"lr_schedule": "cosine"}, ("memkd", "rd")),
+    "long-es": (
+        {},
+        {"steps": 1000, "lr_schedule": "cosine", "early_stopping": True, "eval_every": 50},
+        ("memkd", "rd"),
+    ),
 }
 
 

@@ -31,6 +31,10 @@ loader thread only after it proves to share the active version's input
 (``memkd.lineage.input_differences``), so one teacher forward serves both students
 (``score_batch``). A shadow failure is logged and counted, never raised: it costs neither the
 active result nor a device fault.
+
+Besides models, the engine holds what this worker knows about lines in Redis, which the hot-swap
+thread keeps current: which lines exist (``directory``) and their late policies
+(``late_policies``).
 """
 
 from __future__ import annotations
@@ -64,6 +68,7 @@ from memkd_stream.lines.errors import (
     UnknownVersion,
 )
 from memkd_stream.log import get_logger
+from memkd_stream.worker.late_policies import LatePolicies
 from memkd_stream.worker.line_directory import LineDirectory
 from memkd_stream.worker.metrics import WorkerMetrics
 
@@ -192,6 +197,7 @@ class Engine:
         self.metrics = metrics if metrics is not None else WorkerMetrics()
         self.directory = LineDirectory(store, worker_settings.unknown_line_ttl_s)
         self.metrics.limit_lines_to(self.directory.knows)
+        self.late_policies = LatePolicies(worker_settings.late_policy)
         self.log = get_logger(__name__)
         self._lock = threading.Lock()
         self._cache: OrderedDict[str, LoadedLine] = OrderedDict()

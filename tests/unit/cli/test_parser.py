@@ -18,6 +18,9 @@ COMMANDS = [
     ["lines"],
     *[["lines", action] for action in ("list", "show", "history", "activate", "rollback")],
     *[["lines", action] for action in ("delete", "publish", "export", "threshold", "shadow")],
+    ["lines", "late-policy"],
+    ["dlq"],
+    ["dlq", "replay"],
 ]
 
 
@@ -64,6 +67,12 @@ def test_every_command_has_help(command, capsys):
         ["fit", "--line", "A", "--data", "d", "--memory-only", "--input-size", "128"],
         ["fit", "--line", "A", "--data", "d", "--memory-init", "zeros"],
         ["eval", "--line", "A", "--parent", "p.safetensors", "--data", "d"],
+        ["lines", "late-policy", "A", "sometimes"],
+        ["lines", "late-policy", "A", "score", "--clear"],
+        ["dlq", "replay", "--code", "no-such-code"],
+        ["dlq", "replay", "--since", "last tuesday"],
+        ["dlq", "replay", "--since", "15 minutes"],
+        ["dlq", "replay", "--line", "bad:id"],
         ["--log-level", "LOUD", "lines", "list"],
     ],
 )

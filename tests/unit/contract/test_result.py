@@ -146,5 +146,5 @@ def test_a_shadow_verdict_is_an_optional_object_beside_the_active_one() -> None:
     failed = encoded(ShadowVerdict("A@9", error="RuntimeError: boom"))
     assert failed["shadow"] == {"model_version": "A@9", "error": "RuntimeError: boom"}
     assert "shadow" not in _result(request)  # absent when the line has no shadow
-    with pytest.raises(ValueError, match="shadow.score"):
+    with pytest.raises(ValueError, match=r"shadow\.score"):
         encoded(ShadowVerdict("A@9", score=float("nan"), threshold=0.6))

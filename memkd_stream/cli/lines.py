@@ -283,7 +283,7 @@ def _show(ctx: Context) -> int:
         rows = []
         for meta in metas:
             s = record_summary(meta["metadata"])
-            kind = "full" if meta["parent"] is None else f"delta of {meta['parent']}"
+            kind = lineage(meta)
             rows.append(
                 (
                     ("* " if meta["version"] == current else "  ") + str(meta["version"]),
@@ -507,6 +507,20 @@ _LATE_MEANING = {
     LatePolicy.SCORE: "scored, and their results carry late_ms",
     LatePolicy.DEAD_LETTER: "dead-lettered with code stale",
 }
+
+
+def lineage(meta: dict[str, Any]) -> str:
+    """Where a version's weights come from, for ``lines show``: ``full``, or ``delta of P`` and
+    what made it (a threshold moved from version N, or a memory-only refit of L@N)."""
+    if meta.get("parent") is None:
+        return "full"
+    provenance = meta["metadata"].get("provenance") or {}
+    made = ""
+    if provenance.get("recalibrated", {}).get("from_version") is not None:
+        made = f": threshold of {provenance['recalibrated']['from_version']}"
+    elif provenance.get("refit", {}).get("from"):
+        made = f": memory refit of {str(provenance['refit']['from']).rpartition('@')[2]}"
+    return f"delta of {meta['parent']}{made}"
 
 
 def _ref(line: str, version: int | None) -> str:

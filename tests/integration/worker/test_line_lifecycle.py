@@ -163,14 +163,19 @@ def test_a_worse_version_is_published_but_not_activated_without_force(
     assert store.current("A") == 1
     assert store.meta("A", 2)["notes"]["gate"]["decision"]["passed"] is False
 
+    # The operator may still activate it: the stored comparison is printed with it.
+    status, report = _cli(worker_env, "lines", "activate", "A", "2")
+    assert status == 0 and report["comparison"]["kind"] == "gate"
+    assert report["comparison"]["gate"]["decision"]["passed"] is False
+    assert store.current("A") == 2 and store.history("A")[0]["reason"] == "operator"
+    store.rollback("A", who="test")
+    assert store.current("A") == 1 and store.history("A")[0]["reason"] == "rollback"
+
     status, report = _cli(
         worker_env, "lines", "publish", "A", worse_file, "--gate-data", good, "--force"
     )
     assert status == 0 and report["active"] and store.current("A") == 3
     assert store.history("A")[0]["reason"] == "forced"
-    status, report = _cli(worker_env, "lines", "activate", "A", "2")
-    assert status == 0 and report["comparison"]["kind"] == "gate"
-    assert store.history("A")[0]["reason"] == "operator"
 
 
 def test_threshold_change_reaches_a_running_worker_and_shadow_results_carry_both_versions(

@@ -22,8 +22,10 @@ from memkd_stream.cli.inputs import (
     DatasetError,
     DatasetInput,
     check_readable,
+    line_tiling,
     load_teacher_for,
     parse_roi,
+    parse_tile,
     resolve_dataset,
     torch_device,
     torch_precision,
@@ -70,11 +72,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="teacher weight file (WRN50: torchvision V1; default: settings / lite0's package)",
     )
     p.add_argument("--roi", type=parse_roi, metavar="X,Y,W,H", help="crop box in image pixels")
+    p.add_argument(
+        "--tile",
+        type=parse_tile,
+        metavar="SIZE[,OVERLAP]",
+        help="cut each frame (inside the ROI) into SIZE-pixel square tiles sharing OVERLAP "
+        "pixels (default 0), for small defects on large frames; --input-size then defaults to "
+        "SIZE",
+    )
     schedule = p.add_mutually_exclusive_group()
     schedule.add_argument("--steps", type=_POSITIVE, metavar="N", help="optimiser steps")
     schedule.add_argument("--epochs", type=_POSITIVE, metavar="N", help="passes over the images")
     p.add_argument("--batch-size", type=_POSITIVE, default=16, metavar="N", help="default 16")
-    p.add_argument("--input-size", type=_POSITIVE, default=256, metavar="PX", help="default 256")
+    p.add_argument(
+        "--input-size", type=_POSITIVE, metavar="PX", help="default 256 (tiled: the tile size)"
+    )
     p.add_argument("--seed", type=int, default=0, help="default 0")
     p.add_argument("--device", help="cpu, cuda, cuda:N (default: settings model.device)")
     p.add_argument(
@@ -158,7 +170,8 @@ def _fit(ctx: Context) -> int:
     precision = torch_precision(settings, args.precision, device)
     out.note(f"loading teacher {backbone} on {device} ({precision} compute)")
     teacher = load_teacher_for(backbone, args.teacher_weights, settings, device)
-    model_config = ModelConfig(backbone=backbone, input_size=args.input_size)
+    tiling, input_size = line_tiling(args.tile, args.input_size)
+    model_config = ModelConfig(backbone=backbone, input_size=input_size)
     threshold: dict[str, Any] = {}
     if args.target_fpr is not None:
         threshold["target_fpr"] = args.target_fpr
@@ -179,7 +192,10 @@ def _fit(ctx: Context) -> int:
     )
     started = time.perf_counter()
     with _Progress(out) as progress:
-        result = fit(dataset.train, model_config, train_config, teacher, progress, roi=args.roi)
+        result = fit(
+            dataset.train, model_config, train_config, teacher, progress, roi=args.roi,
+            tiling=tiling,
+        )  # fmt: skip
     model = result.model
     _calibrate_on_defects(ctx, model, teacher, dataset, defect_paths, precision)
     evaluation: dict[str, Any] = {}
@@ -222,6 +238,7 @@ def _fit(ctx: Context) -> int:
         "artifact": str(path),
         "sha256": sha256,
         "backbone": backbone,
+        "tiling": model.tiling.to_dict() if model.tiling is not None else None,
         "device": device,
         "precision": precision.value,
         "dataset": {
@@ -292,6 +309,7 @@ def _print_report(console: Console, data: dict[str, Any]) -> None:
             f"{len(data['dataset']['unreadable'])} skipped",
         ),
         ("training", f"{training['steps']} steps in {training['seconds']} s"),
+        *([("tiling", _tiling_text(data["tiling"]))] if data["tiling"] else []),
         ("final losses", _fmt_map(training["final_losses"])),
         (
             "normal scores",
@@ -313,6 +331,13 @@ def _print_report(console: Console, data: dict[str, Any]) -> None:
         )
         rows.append(("at threshold", at_threshold_text(evaluation.get("at_threshold") or {})))
     console.print(Output.table(["", ""], rows))
+
+
+def _tiling_text(tiling: dict[str, int]) -> str:
+    return (
+        f"{tiling['size']} px tiles, {tiling['overlap']} px overlap; threshold on frame scores "
+        "(max over a frame's tiles)"
+    )
 
 
 def threshold_text(data: dict[str, Any]) -> str:

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 
 from memkd_stream.errors import ErrorCode, MemkdStreamError
+from memkd_stream.worker import tiles
+from memkd_stream.worker.decode import DecodedImage
 from memkd_stream.worker.engine import Engine, LoadedLine
 from memkd_stream.worker.work_item import WorkItem
 
@@ -39,19 +41,21 @@ class DeviceFault(MemkdStreamError):
 
 @dataclass
 class Scored:
-    """Some items of a batch, scored together."""
+    """Some items of a batch, scored together (a tiled item's map: its tile maps [n, h, w])."""
 
     items: list[WorkItem]
-    maps: np.ndarray  # [n, H, W] float32
+    maps: list[np.ndarray]  # per item [H, W] float32, or a tiled item's [n, h, w]
     scores: list[float]
     forward_s: float
 
 
 class DeviceGuard:
-    """Scores a batch on the engine and applies the rules above."""
+    """Scores a batch on the engine and applies the rules above; ``max_tiles`` bounds the
+    inputs of one forward (a tiled frame bigger than that is forwarded in parts)."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, max_tiles: int | None = None) -> None:
         self.engine = engine
+        self.max_tiles = max_tiles
 
     def run(
         self, loaded: LoadedLine, items: list[WorkItem]
@@ -103,14 +107,19 @@ class DeviceGuard:
 
     def _score(self, loaded: LoadedLine, items: list[WorkItem]) -> Scored:
         started = time.perf_counter()
-        batch = torch.stack([_tensor(item) for item in items])
-        result = self.engine.score(loaded, batch)
-        maps = result.maps[:, 0].detach().float().cpu().numpy()
-        scores = [float(s) for s in result.scores.detach().float().cpu()]
-        return Scored(items, maps, scores, time.perf_counter() - started)
+        images = [_decoded(item) for item in items]
+        batch, counts = tiles.inputs(images)
+
+        def score_batch(part: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            result = self.engine.score(loaded, part)
+            return result.maps.detach(), result.scores.detach()
+
+        maps, scores = tiles.forward(score_batch, batch, self.max_tiles)
+        item_maps, item_scores = tiles.split(maps, scores, counts, images)
+        return Scored(items, item_maps, item_scores, time.perf_counter() - started)
 
 
-def _tensor(item: WorkItem) -> torch.Tensor:
+def _decoded(item: WorkItem) -> DecodedImage:
     if item.decoded is None:
         raise RuntimeError(f"work item {item.tp}:{item.offset} reached inference undecoded")
-    return item.decoded.tensor
+    return item.decoded

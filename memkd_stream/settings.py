@@ -288,6 +288,7 @@ class ModelSettings(_Group):
 class WorkerSettings(_Group):
     """Micro-batching, decoding, the line-model cache and the time budgets of the worker."""
 
+    # Model inputs per forward and records in flight; a tiled line's frame counts its tiles.
     max_batch: int = Field(16, ge=1)
     max_wait_ms: float = Field(20, ge=0)
     decode_threads: int = Field(2, ge=1)

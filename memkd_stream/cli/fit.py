@@ -23,8 +23,10 @@ from memkd_stream.cli.inputs import (
     DatasetError,
     DatasetInput,
     check_readable,
+    line_tiling,
     load_teacher_for,
     parse_roi,
+    parse_tile,
     resolve_dataset,
     torch_device,
     torch_precision,
@@ -76,6 +78,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="teacher weight file (WRN50: torchvision V1; default: settings / lite0's package)",
     )
     p.add_argument("--roi", type=parse_roi, metavar="X,Y,W,H", help="crop box in image pixels")
+    p.add_argument(
+        "--tile",
+        type=parse_tile,
+        metavar="SIZE[,OVERLAP]",
+        help="cut each frame (inside the ROI) into SIZE-pixel square tiles sharing OVERLAP "
+        "pixels (default 0), for small defects on large frames; --input-size then defaults to "
+        "SIZE",
+    )
     schedule = p.add_mutually_exclusive_group()
     schedule.add_argument(
         "--steps", type=_POSITIVE, metavar="N", help="optimiser steps (default 1000, cosine lr)"
@@ -90,7 +100,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--batch-size", type=_POSITIVE, default=16, metavar="N", help="default 16")
     p.add_argument(
-        "--input-size", type=_POSITIVE, metavar="PX", help=f"default {DEFAULT_INPUT_SIZE}"
+        "--input-size",
+        type=_POSITIVE,
+        metavar="PX",
+        help=f"default {DEFAULT_INPUT_SIZE} (tiled: the tile size)",
     )
     p.add_argument("--seed", type=int, default=0, help="default 0")
     p.add_argument("--device", help="cpu, cuda, cuda:N (default: settings model.device)")
@@ -210,7 +223,8 @@ def _fit(ctx: Context) -> int:
     precision = torch_precision(settings, args.precision, device)
     out.note(f"loading teacher {backbone} on {device} ({precision} compute)")
     teacher = load_teacher_for(backbone, args.teacher_weights, settings, device)
-    model_config = ModelConfig(backbone=backbone, input_size=args.input_size or DEFAULT_INPUT_SIZE)
+    tiling, input_size = line_tiling(args.tile, args.input_size)
+    model_config = ModelConfig(backbone=backbone, input_size=input_size)
     overrides = threshold_settings(args)
     if args.max_minutes is not None:
         if not args.max_minutes > 0:
@@ -231,7 +245,10 @@ def _fit(ctx: Context) -> int:
     )
     started = time.perf_counter()
     with _Progress(out) as progress:
-        result = fit(dataset.train, model_config, train_config, teacher, progress, roi=args.roi)
+        result = fit(
+            dataset.train, model_config, train_config, teacher, progress, roi=args.roi,
+            tiling=tiling,
+        )  # fmt: skip
     model = result.model
     model.provenance["trained_on"] = trained_on(dataset.train, train_config)
     _calibrate_on_defects(ctx, model, teacher, dataset, defect_paths, precision)
@@ -305,6 +322,7 @@ def fit_report(
         "artifact": str(path),
         "sha256": sha256,
         "backbone": backbone,
+        "tiling": model.tiling.to_dict() if model.tiling is not None else None,
         "device": device,
         "precision": precision.value,
         "dataset": {
@@ -404,6 +422,7 @@ def _print_report(console: Console, data: dict[str, Any]) -> None:
             f"{len(data['dataset']['unreadable'])} skipped",
         ),
         ("training", _training_line(training)),
+        *([("tiling", _tiling_text(data["tiling"]))] if data.get("tiling") else []),
         ("final losses", _fmt_map(training["final_losses"])),
         (
             "normal scores",
@@ -427,6 +446,13 @@ def _print_report(console: Console, data: dict[str, Any]) -> None:
     console.print(Output.table(["", ""], rows))
     if data.get("gate"):
         print_gate(console, data["gate"], data["line"])
+
+
+def _tiling_text(tiling: dict[str, int]) -> str:
+    return (
+        f"{tiling['size']} px tiles, {tiling['overlap']} px overlap; threshold on frame scores "
+        "(max over a frame's tiles)"
+    )
 
 
 def threshold_text(data: dict[str, Any]) -> str:

@@ -28,8 +28,10 @@ __all__ = [
     "DatasetInput",
     "Unreadable",
     "check_readable",
+    "line_tiling",
     "load_teacher_for",
     "parse_roi",
+    "parse_tile",
     "resolve_dataset",
     "torch_device",
     "torch_precision",
@@ -82,6 +84,38 @@ def parse_roi(text: str) -> tuple[int, int, int, int]:
     if x < 0 or y < 0 or w <= 0 or h <= 0:
         raise argparse.ArgumentTypeError(f"--roi {text!r}: X,Y must be >= 0 and W,H > 0")
     return x, y, w, h
+
+
+def parse_tile(text: str) -> tuple[int, int]:
+    """``"SIZE[,OVERLAP]"`` -> (tile size, overlap) in image pixels (argparse type; the rules
+    of ``memkd.tiling.Tiling``, checked here so that ``--help`` and typos never import torch)."""
+    import argparse
+
+    try:
+        parts = [int(part) for part in text.split(",")]
+    except ValueError:
+        parts = []
+    if len(parts) not in (1, 2):
+        raise argparse.ArgumentTypeError(
+            f"--tile {text!r}: expected SIZE or SIZE,OVERLAP in pixels, e.g. 256 or 256,32"
+        )
+    size, overlap = parts[0], parts[1] if len(parts) == 2 else 0
+    if size < 16 or not 0 <= overlap < size:
+        raise argparse.ArgumentTypeError(
+            f"--tile {text!r}: SIZE must be >= 16 and 0 <= OVERLAP < SIZE"
+        )
+    return size, overlap
+
+
+def line_tiling(tile: tuple[int, int] | None, input_size: int | None) -> tuple[Any, int]:
+    """(``memkd.tiling.Tiling`` or None, model input size) from ``--tile`` and ``--input-size``:
+    an untiled line defaults to 256 px, a tiled one to its tile size (``default_input_size``)."""
+    if tile is None:
+        return None, input_size or 256
+    from memkd.tiling import Tiling, default_input_size
+
+    tiling = Tiling(*tile)
+    return tiling, input_size or default_input_size(tiling)
 
 
 def resolve_dataset(root: Path) -> DatasetInput:

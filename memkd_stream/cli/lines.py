@@ -212,6 +212,7 @@ def record_summary(record: dict[str, Any]) -> dict[str, Any]:
         "memory": model.get("memory"),
         "input_size": record.get("input_size"),
         "roi": record.get("roi"),
+        "tiling": record.get("tiling"),
         "threshold": calibration.get("threshold"),
         "n_train": provenance.get("n_train"),
         "steps": provenance.get("steps"),

@@ -3,7 +3,8 @@
 Preprocessing is ``memkd.preprocess`` (the one function fit, eval and the worker share), so a
 score here equals the score the worker reports for the same image. Labelled categories go through
 ``memkd.evaluate`` (image AUROC, pixel AUROC, AUPRO up to FPR 0.3) after unreadable test images
-are listed and left out, so one broken file does not stop an evaluation.
+are listed and left out, so one broken file does not stop an evaluation. A tiled line is scored
+per frame through ``memkd.tiling`` (stitched map, max over tiles), exactly as the worker does.
 """
 
 from __future__ import annotations
@@ -23,7 +24,14 @@ if TYPE_CHECKING:
     from memkd.precision import Precision
     from PIL import Image
 
-__all__ = ["Scored", "evaluate_category", "ground_truth", "model_view", "score_paths"]
+__all__ = [
+    "Scored",
+    "evaluate_category",
+    "ground_truth",
+    "map_size",
+    "model_view",
+    "score_paths",
+]
 
 
 @dataclass
@@ -39,16 +47,28 @@ class Scored:
     skipped: list[Unreadable] = field(default_factory=list)
 
 
+def map_size(model: LineModel, image_size: tuple[int, int]) -> tuple[int, int]:
+    """(height, width) of the model's map of an image of ``image_size`` (width, height): the
+    input square, or for a tiled line the stitched map over the ROI."""
+    if model.tiling is None:
+        return model.input_size, model.input_size
+    from memkd.tiling import tile_grid
+
+    grid = tile_grid(*image_size, model.tiling, model.input_size, model.roi)
+    return grid.map_height, grid.map_width
+
+
 def model_view(source: Path | Image.Image, model: LineModel) -> Image.Image:
-    """The image as the model sees it: RGB, ROI-cropped, resized to the input size."""
+    """The image as the model's map covers it: RGB, ROI-cropped, resized to the map's size."""
     from memkd.preprocess import load_image
     from PIL import Image
 
     img = load_image(source)
+    h, w = map_size(model, img.size)
     if model.roi is not None:
-        x, y, w, h = model.roi
-        img = img.crop((x, y, x + w, y + h))
-    return img.resize((model.input_size, model.input_size), Image.Resampling.BILINEAR)
+        x, y, rw, rh = model.roi
+        img = img.crop((x, y, x + rw, y + rh))
+    return img.resize((w, h), Image.Resampling.BILINEAR)
 
 
 def score_paths(
@@ -62,6 +82,7 @@ def score_paths(
     skipped, listed."""
     import torch
     from memkd.preprocess import load_image, preprocess
+    from memkd.tiling import score_frame
 
     kept: list[Path] = []
     skipped: list[Unreadable] = []
@@ -79,9 +100,14 @@ def score_paths(
 
     for path in paths:
         try:
-            tensor = preprocess(
-                load_image(path), model.input_size, model.mean, model.std, model.roi
-            )
+            img = load_image(path)
+            if model.tiling is not None:  # a frame is a batch of its own tiles
+                frame_map, frame_score = score_frame(model, teacher, img, precision, batch_size)
+                scores.append(np.array([frame_score]))
+                maps.append(frame_map[None])
+                kept.append(Path(path))
+                continue
+            tensor = preprocess(img, model.input_size, model.mean, model.std, model.roi)
         except Exception as exc:  # undecodable file or ROI outside the image
             skipped.append(Unreadable(Path(path), f"{type(exc).__name__}: {exc}"))
             continue
@@ -104,18 +130,18 @@ def ground_truth(item: TestItem, model: LineModel) -> np.ndarray:
     (the rule of ``memkd.evaluate``, so figures show what the metrics counted)."""
     from PIL import Image
 
-    size = model.input_size
-    if item.label == 0 or item.mask_path is None:
-        return np.zeros((size, size), dtype=bool)
-    mask = Image.open(item.mask_path).convert("L")
     with Image.open(item.path) as img:
         image_size = img.size
+    h, w = map_size(model, image_size)
+    if item.label == 0 or item.mask_path is None:
+        return np.zeros((h, w), dtype=bool)
+    mask = Image.open(item.mask_path).convert("L")
     if mask.size != image_size:
         mask = mask.resize(image_size, Image.Resampling.NEAREST)
     if model.roi is not None:
         x, y, w, h = model.roi
         mask = mask.crop((x, y, x + w, y + h))
-    return np.asarray(mask.resize((size, size), Image.Resampling.NEAREST)) > 0
+    return np.asarray(mask.resize((w, h), Image.Resampling.NEAREST)) > 0
 
 
 def evaluate_category(

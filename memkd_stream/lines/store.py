@@ -503,6 +503,9 @@ class LineStore:
         differences = input_differences(
             json.loads(cast(bytes, active_meta) or b"{}"), json.loads(cast(bytes, shadow_meta))
         )
+        if json.loads(cast(bytes, shadow_meta)).get("tiling") is not None:
+            differences.append("a tiled line cannot have a shadow version: its frame scores come "
+                               "from several forwards")  # fmt: skip
         if differences:
             pipe.reset()
             raise ShadowRefused(

@@ -11,7 +11,8 @@ Threads and who owns what:
   ``COMMIT_INTERVAL_S`` (``commits``) and probes the broker.
 - **decode pool**, **inference thread**, **publisher thread** (``pipeline.Pipeline``): resolve
   the line's model (``engine``) and decode (``decode``); batch (``batcher``) and run one batch
-  at a time on the device; encode and produce (``sink``).
+  at a time on the device; encode and produce (``sink``). A tiled line's frame fans out into its
+  tiles and back into one result (``tiles``).
 - **producer IO thread** (kafka-python): delivery callbacks ``ack`` the tracker (``sink``).
 - **consumer IO thread** (kafka-python 3): the rebalance callbacks (``rebalance``), run while
   the consumer thread is blocked in ``poll()``.

@@ -2,9 +2,12 @@
 
 A batch runs one line's model at one version, so items are grouped by a key (the worker uses
 ``(line, version)``). A group is ready when it holds ``max_batch`` items or when its oldest item
-has waited ``max_wait_s``. Groups are independent: a line that sees one image a minute is
-flushed by its own deadline and never waits behind, or holds up, a busy line. Ready groups come
-out oldest-first so a trickle line is not starved while a busy line keeps filling batches.
+has waited ``max_wait_s``. An item may weigh more than one (a tiled frame weighs its tile count,
+``worker.tiles``): then ``max_batch`` bounds a group's weight, an item that would push an open
+group past it closes that group first, and an item heavier than ``max_batch`` is a group alone.
+Groups are independent: a line that sees one image a minute is flushed by its own deadline and
+never waits behind, or holds up, a busy line. Ready groups come out oldest-first so a trickle
+line is not starved while a busy line keeps filling batches.
 
 Not thread-safe: the inference thread owns its batcher.
 """
@@ -28,10 +31,12 @@ class Batch(Generic[T]):
     key: Hashable
     items: list[T] = field(default_factory=list)
     first_at: float = 0.0
+    weight: int = 0
 
 
 class MicroBatcher(Generic[T]):
-    """Groups items by key; flushes a group at ``max_batch`` items or after ``max_wait_s``."""
+    """Groups items by key; flushes a group at ``max_batch`` weight (items, unless weighed) or
+    after ``max_wait_s``."""
 
     def __init__(
         self,
@@ -54,14 +59,19 @@ class MicroBatcher(Generic[T]):
         """Items held (open and full groups)."""
         return self._count
 
-    def add(self, key: Hashable, item: T, now: float | None = None) -> None:
+    def add(self, key: Hashable, item: T, now: float | None = None, weight: int = 1) -> None:
         now = self._clock() if now is None else now
         batch = self._open.get(key)
+        if batch is not None and batch.weight + weight > self.max_batch:
+            del self._open[key]  # the item does not fit: the group runs as it is
+            self._full.append(batch)
+            batch = None
         if batch is None:
             batch = self._open[key] = Batch(key=key, first_at=now)
         batch.items.append(item)
+        batch.weight += weight
         self._count += 1
-        if len(batch.items) >= self.max_batch:
+        if batch.weight >= self.max_batch:
             del self._open[key]
             self._full.append(batch)
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from memkd.preprocess import load_image, preprocess
+from memkd.tiling import TileGrid, Tiling, cut_tiles
 from PIL import Image, UnidentifiedImageError
 
 from memkd_stream.contract.codes import DeadLetterCode
@@ -45,12 +46,14 @@ def _too_large(detail: str) -> DecodeFailed:
 
 @dataclass(frozen=True)
 class DecodedImage:
-    """The model input ``tensor`` (float32 [3, size, size]) and the received image size (after
-    EXIF orientation, i.e. in the coordinates the line's region of interest uses)."""
+    """The model input ``tensor`` (float32 [3, size, size]; a tiled line's: [N, 3, size, size],
+    one per tile of ``grid``) and the received image size (after EXIF orientation, i.e. in the
+    coordinates the line's region of interest uses)."""
 
     tensor: torch.Tensor
     height: int
     width: int
+    grid: TileGrid | None = None
 
 
 def _check_roi(roi: Sequence[int] | None, width: int, height: int) -> Roi | None:
@@ -102,8 +105,10 @@ class ImageDecoder:
         mean: Sequence[float],
         std: Sequence[float],
         roi: Sequence[int] | None = None,
+        tiling: Tiling | None = None,
     ) -> DecodedImage:
-        """Decode ``value`` and preprocess it for a model of input ``size``.
+        """Decode ``value`` and preprocess it for a model of input ``size`` (a tiled line's:
+        cut into its tiles, ``memkd.tiling.cut_tiles``).
 
         Raises:
             DecodeFailed: ``image-too-large`` when the header declares more than ``max_pixels``;
@@ -142,11 +147,15 @@ class ImageDecoder:
 
         out_width, out_height = rgb.size
         box = _check_roi(roi, out_width, out_height)
+        grid = None
         try:
-            tensor = preprocess(rgb, size, mean, std, box)
+            if tiling is None:
+                tensor = preprocess(rgb, size, mean, std, box)
+            else:
+                tensor, grid = cut_tiles(rgb, tiling, size, mean, std, box)
         except Exception as exc:
             raise DecodeFailed(f"image could not be preprocessed: {exc}") from None
-        return DecodedImage(tensor=tensor, height=out_height, width=out_width)
+        return DecodedImage(tensor=tensor, height=out_height, width=out_width, grid=grid)
 
 
 def encode_mask_png(mask_u8: np.ndarray) -> bytes:

@@ -28,6 +28,8 @@ import numpy as np
 import torch
 
 from memkd_stream.errors import ErrorCode, MemkdStreamError
+from memkd_stream.worker import tiles
+from memkd_stream.worker.decode import DecodedImage
 from memkd_stream.worker.engine import Engine, LoadedLine, ShadowScores
 from memkd_stream.worker.work_item import WorkItem
 
@@ -42,20 +44,22 @@ class DeviceFault(MemkdStreamError):
 
 @dataclass
 class Scored:
-    """Some items of a batch, scored together."""
+    """Some items of a batch, scored together (a tiled item's map: its tile maps [n, h, w])."""
 
     items: list[WorkItem]
-    maps: np.ndarray  # [n, H, W] float32
+    maps: list[np.ndarray]  # per item [H, W] float32, or a tiled item's [n, h, w]
     scores: list[float]
     forward_s: float
     shadow: ShadowScores | None = None  # the line's shadow version, on the same features
 
 
 class DeviceGuard:
-    """Scores a batch on the engine and applies the rules above."""
+    """Scores a batch on the engine and applies the rules above; ``max_tiles`` bounds the
+    inputs of one forward (a tiled frame bigger than that is forwarded in parts)."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, max_tiles: int | None = None) -> None:
         self.engine = engine
+        self.max_tiles = max_tiles
 
     def run(
         self, loaded: LoadedLine, items: list[WorkItem]
@@ -107,14 +111,28 @@ class DeviceGuard:
 
     def _score(self, loaded: LoadedLine, items: list[WorkItem]) -> Scored:
         started = time.perf_counter()
-        batch = torch.stack([_tensor(item) for item in items])
-        result, shadow = self.engine.score_batch(loaded, batch)  # shadow failures never raise
-        maps = result.maps[:, 0].detach().float().cpu().numpy()
-        scores = [float(s) for s in result.scores.detach().float().cpu()]
-        return Scored(items, maps, scores, time.perf_counter() - started, shadow)
+        images = [_decoded(item) for item in items]
+        if all(image.grid is None for image in images):
+            # One tensor per image: the shadow version (if any) scores the same teacher features.
+            batch = torch.stack([image.tensor for image in images])
+            result, shadow = self.engine.score_batch(loaded, batch)  # shadow failures never raise
+            maps = list(result.maps[:, 0].detach().float().cpu().numpy())
+            scores = [float(s) for s in result.scores.detach().float().cpu()]
+            return Scored(items, maps, scores, time.perf_counter() - started, shadow)
+        # Tiled frames: their tiles go through in chunks of at most max_tiles; no shadow (a tiled
+        # line cannot have one: its frame scores come from several forwards).
+        batch, counts = tiles.inputs(images)
+
+        def score_batch(part: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            result = self.engine.score(loaded, part)
+            return result.maps.detach(), result.scores.detach()
+
+        tile_maps, tile_scores = tiles.forward(score_batch, batch, self.max_tiles)
+        item_maps, item_scores = tiles.split(tile_maps, tile_scores, counts, images)
+        return Scored(items, item_maps, item_scores, time.perf_counter() - started)
 
 
-def _tensor(item: WorkItem) -> torch.Tensor:
+def _decoded(item: WorkItem) -> DecodedImage:
     if item.decoded is None:
         raise RuntimeError(f"work item {item.tp}:{item.offset} reached inference undecoded")
-    return item.decoded.tensor
+    return item.decoded

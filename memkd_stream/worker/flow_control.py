@@ -1,8 +1,8 @@
 """Which partitions the consumer pauses, and the records parked behind an unavailable line.
 
-- **backpressure**: with ``worker.queue_max_records`` records in flight every assigned
-  partition is paused; polling resumes once in-flight work drops to half of that, so memory
-  stays bounded whatever the broker holds.
+- **backpressure**: with ``worker.queue_max_records`` records in flight (a tiled frame's
+  decoded tiles each count, ``tiles``) every assigned partition is paused; polling resumes once
+  in-flight work drops to half of that, so memory stays bounded whatever the broker holds.
 - **parked records**: a record whose line model cannot be loaded now is parked and its
   partition paused (records of a line share a partition and stay in order); it is retried every
   ``_PARK_RETRY_S`` through the decode pool until its line loads or its pause budget runs out.
@@ -86,7 +86,8 @@ class FlowControl:
     def update_pauses(self) -> None:
         consumer = self.ctx.state.kafka_consumer
         assigned = set(consumer.assignment())
-        pending = self.ctx.tracker.pending()
+        # records in flight, a tiled frame counting its tiles (worker.tiles)
+        pending = self.ctx.tracker.pending() + self.pipeline.tiles.extra
         if not self.backpressure and pending >= self.high_water:
             self.backpressure = True
             self.ctx.log.info("backpressure: pausing all partitions", in_flight=pending)

@@ -34,6 +34,7 @@ from memkd_stream.worker.device_guard import DeviceFault, DeviceGuard
 from memkd_stream.worker.engine import Engine, LoadedLine
 from memkd_stream.worker.late_images import LateImages
 from memkd_stream.worker.sink import ResultSink
+from memkd_stream.worker.tiles import TilesInFlight, frame_map, tile_count
 from memkd_stream.worker.work_item import ScoredBatch, WorkItem, is_current, log_fields
 
 __all__ = ["Pipeline"]
@@ -53,7 +54,8 @@ class Pipeline:
         self.engine = engine
         self.decoder = decoder
         self.sink = sink
-        self.guard = DeviceGuard(engine)
+        self.guard = DeviceGuard(engine, max_tiles=ctx.worker.max_batch)
+        self.tiles = TilesInFlight()  # counted by the consumer's backpressure
         self.late = LateImages(ctx, engine.late_policies, sink)
         self.infer_q: queue.Queue[WorkItem] = queue.Queue()
         self.publish_q: queue.Queue[ScoredBatch | None] = queue.Queue()
@@ -127,10 +129,13 @@ class Pipeline:
                 self.ctx.log.info("line available again", line=request.line)
         size, mean, std, roi = self.engine.preprocess_params(loaded)
         try:
-            decoded = self.decoder.decode(request.value, size=size, mean=mean, std=std, roi=roi)
+            decoded = self.decoder.decode(
+                request.value, size=size, mean=mean, std=std, roi=roi, tiling=loaded.model.tiling
+            )
         except DecodeFailed as exc:
             self.sink.dead_letter(item, DeadLetterCode(exc.code), str(exc))
             return
+        self.tiles.hold(decoded)
         item.loaded = loaded
         item.decoded = decoded
         item.decode_s = time.perf_counter() - started
@@ -206,9 +211,17 @@ class Pipeline:
     @staticmethod
     def _add(batcher: MicroBatcher[WorkItem], item: WorkItem) -> None:
         loaded = _loaded(item)
-        batcher.add((loaded.line, loaded.version, loaded.backbone), item)
+        weight = tile_count(_decoded(item))  # max_batch counts tiles (worker.tiles)
+        batcher.add((loaded.line, loaded.version, loaded.backbone), item, weight=weight)
 
     def _run_batch(self, group: Batch[WorkItem]) -> None:
+        try:
+            self._score_batch(group)
+        finally:
+            for item in group.items:
+                self.tiles.release(item.decoded)
+
+    def _score_batch(self, group: Batch[WorkItem]) -> None:
         if self.ctx.state.fatal is not None:
             return  # the circuit is open (or the run is over): leave the records uncommitted
         items = [it for it in group.items if is_current(self.ctx.tracker, it)]
@@ -288,7 +301,7 @@ class Pipeline:
         decoded = _decoded(item)
         t0 = time.perf_counter()
         score = scored.scores[i]
-        mask = render_mask(scored.maps[i], threshold)
+        mask = render_mask(frame_map(scored.maps[i], decoded), threshold)
         png = encode_mask_png(mask)
         value = encode_result(
             request,

@@ -49,7 +49,7 @@ class ScoredBatch:
 
     items: list[WorkItem]
     loaded: LoadedLine
-    maps: np.ndarray  # [B, H, W] float32
+    maps: list[np.ndarray]  # per item [H, W] float32; a tiled item's tile maps [n, h, w]
     scores: list[float]
     started_wall: float
     forward_s: float

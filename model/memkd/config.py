@@ -20,6 +20,7 @@ __all__ = ["ModelConfig", "TrainConfig"]
 
 Fusion = Literal["concat", "add"]
 ThresholdRule = Literal["lognormal", "lognormal_fit", "normal", "mean_std", "quantile"]
+_DEFAULT_RULE = cast(ThresholdRule, DEFAULT_RULE)
 MemoryInit = Literal["random", "data"]
 LrSchedule = Literal["constant", "cosine"]
 
@@ -127,7 +128,7 @@ class TrainConfig:
     seed: int = 0
     holdout_fraction: float = 0.15
     min_holdout: int = 4
-    threshold_rule: ThresholdRule = cast(ThresholdRule, DEFAULT_RULE)
+    threshold_rule: ThresholdRule = _DEFAULT_RULE
     threshold_k: float = 3.0
     threshold_quantile: float = 0.99
     target_fpr: float = DEFAULT_TARGET_FPR

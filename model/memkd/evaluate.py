@@ -6,6 +6,10 @@ mask always lies over the map pixel it labels. Metrics (MEMKD.md §7): image AUR
 scores, pixel AUROC and AUPRO (FPR up to 0.3) over the maps of all test images. Beside them, what
 the line's calibrated threshold does on this set: how many defective images it flags and how many
 good ones it rejects.
+
+A tiled line (``memkd.tiling``) is evaluated per frame, as the worker scores it: the image score
+is the maximum over the frame's tiles and the map is the stitched one, against which the mask
+is cropped to the ROI and resized the same way.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from memkd.datasets.mvtec import Category, DatasetError, TestItem
 from memkd.metrics import aupro, image_auroc, pixel_auroc
 from memkd.precision import Precision
 from memkd.preprocess import load_image, preprocess
+from memkd.tiling import score_frame
 
 if TYPE_CHECKING:
     from memkd.backbones import Teacher
@@ -125,10 +130,17 @@ def evaluate(
     for start in range(0, len(category.test), batch_size):
         items = category.test[start : start + batch_size]
         images = [load_image(item.path) for item in items]
-        batch = torch.stack([preprocess(img, size, mean, std, roi) for img in images])
-        result = line_model.score(teacher, batch, precision)
-        batch_maps = result.maps[:, 0].float().cpu().numpy()
-        batch_scores = result.scores.float().cpu().numpy()
+        if line_model.tiling is None:
+            batch = torch.stack([preprocess(img, size, mean, std, roi) for img in images])
+            result = line_model.score(teacher, batch, precision)
+            batch_maps = list(result.maps[:, 0].float().cpu().numpy())
+            batch_scores = list(result.scores.float().cpu().numpy())
+        else:
+            frames = [
+                score_frame(line_model, teacher, img, precision, batch_size) for img in images
+            ]
+            batch_maps = [m for m, _ in frames]
+            batch_scores = [s for _, s in frames]
         for item, img, amap, score in zip(items, images, batch_maps, batch_scores, strict=True):
             flagged = bool(score >= threshold) if threshold is not None else None
             record = ImageRecord(str(item.path), item.defect, item.label, float(score), flagged)

@@ -24,11 +24,23 @@ from memkd.config import ModelConfig
 from memkd.lineage import FULL_KIND, is_delta
 from memkd.network import MemKDStudent
 from memkd.precision import Precision, autocast, resolve_precision
+from memkd.tiling import Tiling
 
-__all__ = ["RECORD_KIND", "RECORD_SCHEMA", "LineModel", "TeacherFeatures", "check_teacher"]
+__all__ = [
+    "RECORD_KIND",
+    "RECORD_SCHEMA",
+    "TILED_RECORD_SCHEMA",
+    "LineModel",
+    "TeacherFeatures",
+    "check_teacher",
+]
 
 RECORD_KIND = FULL_KIND
 RECORD_SCHEMA = 1
+# A tiled line's record: a reader that does not know tiling must refuse it (scoring the whole
+# frame against a threshold calibrated on tiles would be silently wrong), so it is schema 2.
+TILED_RECORD_SCHEMA = 2
+_READABLE_SCHEMAS = (RECORD_SCHEMA, TILED_RECORD_SCHEMA)
 
 
 def _device_of(module: torch.nn.Module) -> torch.device:
@@ -64,6 +76,8 @@ class LineModel:
         student: the trained ``MemKDStudent`` (eval mode).
         calibration: threshold and normal-score statistics (None only before calibration).
         roi: (x, y, w, h) crop box applied before resizing, or None for the whole image.
+        tiling: square tiles the ROI is cut into (``memkd.tiling``), or None: the whole ROI is
+            one model input.
         teacher_info: ``Teacher.describe()`` of the teacher it was trained with.
         mean, std: the input normalisation (the teacher's).
         provenance: training set size, seed, train config, metrics, timings, versions, and the
@@ -78,6 +92,7 @@ class LineModel:
         calibration: Calibration | None = None,
         *,
         roi: Sequence[int] | None = None,
+        tiling: Tiling | None = None,
         provenance: dict[str, Any] | None = None,
     ) -> None:
         self.config = config
@@ -87,6 +102,7 @@ class LineModel:
         self.roi: tuple[int, int, int, int] | None = (
             tuple(int(v) for v in roi) if roi is not None else None  # type: ignore[assignment]
         )
+        self.tiling = tiling
         self.provenance = dict(provenance or {})
 
     @property
@@ -179,13 +195,14 @@ class LineModel:
         """Everything of DESIGN.md §5 as a JSON-able dict (stored in the artifact header)."""
         return {
             "kind": RECORD_KIND,
-            "schema": RECORD_SCHEMA,
+            "schema": RECORD_SCHEMA if self.tiling is None else TILED_RECORD_SCHEMA,
             "model": self.config.to_dict(),
             "teacher": dict(self.teacher_info),
             "widths": dict(self.student.widths),
             "input_size": self.config.input_size,
             "normalization": {"mean": list(self.mean), "std": list(self.std)},
             "roi": list(self.roi) if self.roi is not None else None,
+            **({"tiling": self.tiling.to_dict()} if self.tiling is not None else {}),
             "calibration": self.calibration.to_dict() if self.calibration else None,
             "provenance": dict(self.provenance),
         }
@@ -210,7 +227,7 @@ class LineModel:
                 "DELTA --parent FULL`).",
                 code="artifact-mismatch",
             )
-        if record.get("kind") != RECORD_KIND or record.get("schema") != RECORD_SCHEMA:
+        if record.get("kind") != RECORD_KIND or record.get("schema") not in _READABLE_SCHEMAS:
             raise ArtifactError(
                 f"not a line model record this memkd can read (kind {record.get('kind')!r}, "
                 f"schema {record.get('schema')!r}); retrain the line with this version.",
@@ -231,6 +248,7 @@ class LineModel:
                 Calibration.from_dict(record["calibration"]) if record["calibration"] else None
             )
             _recorded_precision(record.get("provenance") or {})
+            tiling = Tiling.from_dict(record.get("tiling"))
             if tensors is not None:
                 student.load_state_dict(tensors, strict=True)
         except ArtifactError:
@@ -247,6 +265,7 @@ class LineModel:
             teacher_info,
             calibration,
             roi=record.get("roi"),
+            tiling=tiling,
             provenance=record.get("provenance"),
         )
 

@@ -96,12 +96,14 @@ def _teacher_identity(record: Mapping[str, Any]) -> tuple[Any, ...]:
 
 def input_differences(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
     """What keeps two line models from scoring on the same teacher features: backbone (and its
-    weights), input size, normalisation, region of interest. Empty when they can share them."""
+    weights), input size, normalisation, region of interest, tiling. Empty when they can share
+    them."""
     checks = {
         "backbone": (_teacher_identity(a), _teacher_identity(b)),
         "input size": (a.get("input_size"), b.get("input_size")),
         "normalisation": (a.get("normalization"), b.get("normalization")),
         "region of interest": (a.get("roi"), b.get("roi")),
+        "tiling": (a.get("tiling"), b.get("tiling")),
     }
     return [f"{name} {x!r} vs {y!r}" for name, (x, y) in checks.items() if x != y]
 

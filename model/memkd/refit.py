@@ -85,6 +85,11 @@ def refit_memory(
     tcfg = train_config or TrainConfig()
     if not parent.config.memory:
         raise ValueError("this line model has no memory (plain RD): only a full fit can retrain it")
+    if parent.tiling is not None:
+        raise ValueError(
+            "memory-only refit of a tiled line is not supported yet (its memories learn from tiles "
+            "and its threshold from frame scores): run a full fit with the same --tile"
+        )
     if init not in ("parent", "data"):
         raise ValueError(f"init must be 'parent' or 'data', got {init!r}")
     check_teacher(parent.record(), teacher)

@@ -7,6 +7,11 @@ during a fit: they are computed once and cached (within ``feature_cache_mb``), w
 fit several times faster without changing a single gradient. A seeded slice of the good images is
 held out; their scores calibrate the threshold. Nothing here looks at test data.
 
+Tiled lines (``memkd.tiling``): every good frame is cut into its tiles, and the tiles are the
+training inputs. The held-out slice is drawn over frames, not tiles (a frame's tiles are either
+all trained on or all held out), and the threshold is calibrated on frame scores, the maximum
+over a held-out frame's tiles, which is what the worker compares with it.
+
 Precision (``TrainConfig.precision``, ``memkd.precision``): the teacher's features and the
 student's forward run under the autocast of the resolved precision (``auto``: bf16 where the
 device does it natively, else fp32); losses, the held-out scores and the calibration statistics
@@ -36,6 +41,7 @@ from memkd.losses import kd_loss, nm_loss, orth_loss
 from memkd.network import MemKDStudent
 from memkd.precision import Precision, autocast, resolve_precision
 from memkd.preprocess import load_image, preprocess
+from memkd.tiling import Tiling, cut_tiles, frame_scores
 
 __all__ = ["FitResult", "Progress", "fit", "holdout_split", "load_batch", "resolve_device"]
 
@@ -67,6 +73,26 @@ def load_batch(
 ) -> torch.Tensor:
     """Load and preprocess images into one [N, 3, size, size] tensor (the shared preprocessing)."""
     return torch.stack([preprocess(load_image(img), size, mean, std, roi) for img in images])
+
+
+def _tiled_inputs(
+    images: Sequence[ImageSource],
+    size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    roi: Sequence[int] | None,
+    tiling: Tiling,
+) -> tuple[torch.Tensor, list[int]]:
+    """All tiles of all frames [sum(counts), 3, size, size] and the tile count of each frame."""
+    tiles: list[torch.Tensor] = []
+    for img in images:
+        frame, _ = cut_tiles(load_image(img), tiling, size, mean, std, roi)
+        tiles.append(frame)
+    return torch.cat(tiles), [len(t) for t in tiles]
+
+
+def _tile_indices(frames: list[int], starts: list[int], counts: list[int]) -> list[int]:
+    return [starts[f] + i for f in frames for i in range(counts[f])]
 
 
 def holdout_split(n: int, cfg: TrainConfig) -> tuple[list[int], list[int]]:
@@ -138,6 +164,7 @@ def fit(
     progress: Progress | None = None,
     *,
     roi: Sequence[int] | None = None,
+    tiling: Tiling | None = None,
 ) -> FitResult:
     """Train and calibrate a line model on good images.
 
@@ -148,6 +175,8 @@ def fit(
             ``model_config.backbone``.
         progress: called after every step as ``progress(step, total_steps, losses)``.
         roi: the line's crop box (x, y, w, h), applied before resizing, stored in the model.
+        tiling: cut each frame (inside ``roi``) into these tiles and train on the tiles; the
+            threshold is calibrated on frame scores (max over tiles). Stored in the model.
     """
     mcfg = model_config or ModelConfig()
     tcfg = train_config or TrainConfig()
@@ -169,8 +198,17 @@ def fit(
     torch.manual_seed(tcfg.seed)
     np.random.seed(tcfg.seed % 2**32)
 
-    x_all = load_batch(images, mcfg.input_size, teacher.mean, teacher.std, roi)
-    train_idx, hold_idx = holdout_split(len(x_all), tcfg)
+    if tiling is None:
+        x_all = load_batch(images, mcfg.input_size, teacher.mean, teacher.std, roi)
+        counts = [1] * len(x_all)
+    else:
+        x_all, counts = _tiled_inputs(
+            images, mcfg.input_size, teacher.mean, teacher.std, roi, tiling
+        )
+    starts = np.cumsum([0, *counts[:-1]]).tolist()
+    train_frames, hold_frames = holdout_split(len(counts), tcfg)
+    train_idx = _tile_indices(train_frames, starts, counts)
+    hold_idx = _tile_indices(hold_frames, starts, counts)
     x_train = x_all[train_idx]
     source = _FeatureSource(teacher, x_train, device, tcfg.feature_cache_mb, precision)
 
@@ -235,16 +273,23 @@ def fit(
     student.eval()
     train_seconds = time.perf_counter() - started
 
-    model = LineModel(mcfg, student, teacher.describe(), roi=roi)
-    calib_idx, calib_source = (hold_idx, "holdout") if hold_idx else (train_idx, "train")
-    scores = _score_all(model, teacher, x_all[calib_idx], precision)
+    model = LineModel(mcfg, student, teacher.describe(), roi=roi, tiling=tiling)
+    calib_frames, calib_source = (
+        (hold_frames, "holdout") if hold_frames else (train_frames, "train")
+    )
+    tile_scores = _score_all(
+        model, teacher, x_all[_tile_indices(calib_frames, starts, counts)], precision
+    )
+    scores = frame_scores(tile_scores, [counts[f] for f in calib_frames])
     model.calibration = Calibration.from_scores(
         scores, tcfg.threshold_rule, tcfg.threshold_k, tcfg.threshold_quantile, tcfg.target_fpr
     )
     report = {
-        "n_images": len(x_all),
-        "n_train": n_train,
-        "n_holdout": len(hold_idx),
+        "n_images": len(counts),
+        "n_train": len(train_frames),
+        "n_holdout": len(hold_frames),
+        "n_train_inputs": n_train,
+        "tiling": tiling.to_dict() if tiling is not None else None,
         "calibration_source": calib_source,
         "holdout_scores": [round(s, 6) for s in scores],
         "steps": total,
@@ -263,8 +308,9 @@ def fit(
         "model_config": mcfg.to_dict(),
     }
     model.provenance = {
-        "n_train": n_train,
-        "n_holdout": len(hold_idx),
+        "n_train": len(train_frames),
+        "n_holdout": len(hold_frames),
+        **({"n_train_tiles": n_train} if tiling is not None else {}),
         "seed": tcfg.seed,
         "steps": total,
         "train_config": tcfg.to_dict(),

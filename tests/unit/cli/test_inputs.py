@@ -11,7 +11,9 @@ from PIL import Image
 from memkd_stream.cli.inputs import (
     DatasetError,
     check_readable,
+    line_tiling,
     parse_roi,
+    parse_tile,
     resolve_dataset,
     torch_precision,
 )
@@ -100,3 +102,14 @@ def test_precision_comes_from_the_option_else_the_settings_and_fp16_needs_cuda()
     with pytest.raises(UsageError, match=r"fp16 needs a CUDA GPU.*MEMKD_MODEL__PRECISION") as err:
         torch_precision(settings, "fp16", "cpu")
     assert err.value.code == "precision-unsupported"
+
+
+def test_tile_option_and_the_input_size_it_implies():
+    assert parse_tile("256") == (256, 0) and parse_tile("256,32") == (256, 32)
+    for bad in ("", "x", "8", "64,64", "64,-1", "64,8,1"):
+        with pytest.raises(argparse.ArgumentTypeError, match="--tile"):
+            parse_tile(bad)
+    assert line_tiling(None, None) == (None, 256)
+    tiling, size = line_tiling((128, 16), None)  # tiled: the tile's own scale by default
+    assert (tiling.size, tiling.overlap, size) == (128, 16, 128)
+    assert line_tiling((128, 16), 256)[1] == 256

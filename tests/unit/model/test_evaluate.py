@@ -24,6 +24,7 @@ class BrightnessModel:
 
     def __init__(self, roi: tuple[int, int, int, int] | None = None, size: int = 32) -> None:
         self.input_size, self.roi = size, roi
+        self.tiling = None
         self.mean, self.std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
         self.calibration = SimpleNamespace(threshold=0.5)
         self.batches: list[int] = []
@@ -144,3 +145,20 @@ def test_evaluate_a_real_line_model(tmp_path: Path, lite0: Teacher) -> None:
     assert report.to_dict(with_images=False)["threshold"] == pytest.approx(
         model.calibration.threshold
     )
+
+
+def test_a_tiled_line_is_evaluated_per_frame_on_the_stitched_map(tmp_path: Path) -> None:
+    from memkd.tiling import Tiling
+
+    category = read_mvtec_category(_category(tmp_path / "plate"))
+    model = BrightnessModel(size=32)
+    model.tiling = Tiling(32, 8)  # type: ignore[assignment]  # 64 px: tiles at 0, 24, 32
+    report = evaluate(model, None, category, batch_size=4, keep_maps=True)  # type: ignore[arg-type]
+    assert report.metrics == pytest.approx({"image_auroc": 1.0, "pixel_auroc": 1.0, "aupro": 1.0})
+    assert report.maps is not None and report.maps.shape == (
+        7,
+        64,
+        64,
+    )  # the frame at the tile scale
+    assert set(model.batches) == {4, 1}  # 9 tiles per frame, forwarded 4 at a time
+    np.testing.assert_allclose(report.scores, report.maps.max(axis=(1, 2)), rtol=1e-6)

@@ -152,3 +152,26 @@ def test_teacher_features_once_serve_two_students(lite0: Teacher) -> None:
     assert torch.equal(
         second.score_features(feats, "fp32").maps, second.score(lite0, x, "fp32").maps
     )
+
+
+def test_tiling_is_kept_and_only_readers_that_know_it_read_it(
+    trained: LineModel, lite0: Teacher, tmp_path: Path
+) -> None:
+    from memkd.line_model import RECORD_SCHEMA, TILED_RECORD_SCHEMA
+    from memkd.tiling import Tiling
+
+    assert trained.record()["schema"] == RECORD_SCHEMA and "tiling" not in trained.record()
+    trained.tiling = Tiling(128, 16)
+    try:
+        record = trained.record()
+        trained.save(tmp_path / "tiled.safetensors")
+    finally:
+        trained.tiling = None
+    # schema 2: a memkd that predates tiling refuses the line instead of scoring whole frames
+    assert record["schema"] == TILED_RECORD_SCHEMA and record["tiling"] == {
+        "size": 128,
+        "overlap": 16,
+    }
+    assert LineModel.load(tmp_path / "tiled.safetensors", lite0).tiling == Tiling(128, 16)
+    with pytest.raises(ArtifactError, match="rebuilt"):
+        LineModel.from_record(record | {"tiling": {"size": 128, "overlap": 200}})

@@ -157,3 +157,23 @@ def test_the_accuracy_defaults_work_for_the_paper_teacher(wrn_random: Teacher) -
     cal = res.model.calibration
     assert cal is not None and cal.rule == "lognormal" and len(cal.scores) == 3
     assert res.report["best_step"] in (1, 2, 3)
+
+
+def test_a_tiled_fit_trains_on_tiles_and_calibrates_on_frame_scores(lite0: Teacher) -> None:
+    from memkd.tiling import Tiling, cut_tiles, frame_scores
+
+    frames = _crops(6)  # 80 x 80: 64 px tiles at 0 and 16 -> 4 tiles per frame
+    tiling = Tiling(64, 8)
+    tcfg = TrainConfig(steps=2, batch_size=4, exemplars=2, holdout_fraction=0.34, min_holdout=2)
+    res = fit(frames, CFG, tcfg, lite0, tiling=tiling)
+    rep, model = res.report, res.model
+    assert (rep["n_images"], rep["n_train"], rep["n_holdout"]) == (6, 4, 2)
+    assert rep["n_train_inputs"] == 16 and model.provenance["n_train_tiles"] == 16
+    assert model.tiling == tiling and model.calibration is not None
+    # The held-out scores are frame scores: the max over each held-out frame's own tiles.
+    _, held = holdout_split(6, tcfg)
+    expected = []
+    for i in held:
+        tiles, _ = cut_tiles(frames[i], tiling, 64, lite0.mean, lite0.std)
+        expected += frame_scores(model.score(lite0, tiles).scores, [len(tiles)])
+    np.testing.assert_allclose(rep["holdout_scores"], expected, rtol=1e-4)

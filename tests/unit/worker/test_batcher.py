@@ -84,3 +84,17 @@ def test_rejects_bad_settings() -> None:
         MicroBatcher(max_batch=0, max_wait_s=0.1)
     with pytest.raises(ValueError):
         MicroBatcher(max_batch=1, max_wait_s=-1)
+
+
+def test_weighted_items_count_against_max_batch() -> None:
+    # A tiled frame weighs its tile count: max_batch bounds the tiles of one forward.
+    b: MicroBatcher[str] = MicroBatcher(max_batch=8, max_wait_s=10.0)
+    b.add("A", "f3", now=0.0, weight=3)
+    b.add("A", "g3", now=0.0, weight=3)
+    assert b.pop_ready(now=0.0) == []
+    b.add("A", "h4", now=0.1, weight=4)  # 3 + 3 + 4 > 8: the open group runs without it
+    assert [x.items for x in b.pop_ready(now=0.1)] == [["f3", "g3"]]
+    b.add("A", "big", now=0.2, weight=20)  # heavier than max_batch: closes h4's group, runs alone
+    ready = b.pop_ready(now=0.2)
+    assert [(x.items, x.weight) for x in ready] == [(["h4"], 4), (["big"], 20)]
+    assert len(b) == 0

@@ -24,6 +24,8 @@ KAFKA_SASL_PORT ?= 39094
 REDIS_PORT ?= 36379
 SERVICES_TIMEOUT ?= 120
 PYTEST_ARGS ?=
+# What pytest collects (a file or folder narrows it: `make test TESTS=tests/unit/model`).
+TESTS ?= tests
 # 1 keeps the services running after `make test` / `make bench` even when they started them.
 KEEP_SERVICES ?= 0
 
@@ -118,10 +120,10 @@ services-status: setup
 	@$(SERVICES) status
 
 test: setup
-	$(call with_services,$(TEST_ENV) $(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS) tests)
+	$(call with_services,$(TEST_ENV) $(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS) $(TESTS))
 
 faults: setup
-	$(call with_services,$(TEST_ENV) $(PY) -m pytest -p no:cacheprovider -m faults $(PYTEST_ARGS) tests)
+	$(call with_services,$(TEST_ENV) $(PY) -m pytest -p no:cacheprovider -m faults $(PYTEST_ARGS) $(TESTS))
 
 lint: $(STAMPS)/venv
 	$(VENV)/bin/ruff check .

@@ -61,7 +61,7 @@ def score_paths(
     """Scores and maps of ``paths`` at ``precision``; files that cannot be read or cropped are
     skipped, listed."""
     import torch
-    from memkd.preprocess import load_image, preprocess
+    from memkd.preprocess import load_for_model, preprocess
 
     kept: list[Path] = []
     skipped: list[Unreadable] = []
@@ -79,9 +79,8 @@ def score_paths(
 
     for path in paths:
         try:
-            tensor = preprocess(
-                load_image(path), model.input_size, model.mean, model.std, model.roi
-            )
+            decoded = load_for_model(path, model.input_size, model.roi)
+            tensor = preprocess(decoded, model.input_size, model.mean, model.std, model.roi)
         except Exception as exc:  # undecodable file or ROI outside the image
             skipped.append(Unreadable(Path(path), f"{type(exc).__name__}: {exc}"))
             continue

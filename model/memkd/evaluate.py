@@ -22,7 +22,7 @@ from PIL import Image
 from memkd.datasets.mvtec import Category, DatasetError, TestItem
 from memkd.metrics import aupro, image_auroc, pixel_auroc
 from memkd.precision import Precision
-from memkd.preprocess import load_image, preprocess
+from memkd.preprocess import load_for_model, preprocess
 
 if TYPE_CHECKING:
     from memkd.backbones import Teacher
@@ -124,7 +124,7 @@ def evaluate(
     started = time.perf_counter()
     for start in range(0, len(category.test), batch_size):
         items = category.test[start : start + batch_size]
-        images = [load_image(item.path) for item in items]
+        images = [load_for_model(item.path, size, roi) for item in items]
         batch = torch.stack([preprocess(img, size, mean, std, roi) for img in images])
         result = line_model.score(teacher, batch, precision)
         batch_maps = result.maps[:, 0].float().cpu().numpy()

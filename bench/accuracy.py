@@ -1,124 +1,321 @@
-"""MemKD vs the identical network without memory (= Reverse Distillation) on generated data.
+"""The accuracy programme (model/README.md, "Accuracy programme"): one protocol, resumable.
 
-Figures, not a test (model/MEMKD.md §7): every synthetic category, several training seeds, the
-same data and schedule for every variant; image AUROC, pixel AUROC and AUPRO (FPR <= 0.3) from
-``memkd.evaluate``, mean and spread over seeds. Nothing is tuned on the test split: the schedule is
-fixed up front and the same for all variants. Rows go to bench/results/accuracy.csv, the summary
-to bench/results/accuracy.md (and stdout).
+Figures, not a test. Training images: the generated set at data seed 0 (``train/good``, 60 per
+category). Every choice is made on a **validation** set nobody trains on: data seed 1, 500 good
++ 60 defective images per category. The **test** split (data seed 0, 12 good + 24 defective) is
+scored only with ``--test`` (the final run). One CSV row per fit, appended as soon as the fit is
+scored (``bench/results/<tag>.csv``); a rerun skips the rows already there, so an interrupted
+sweep loses at most one fit. The per-image scores of each fit (validation and held-out good
+images, for every image-score variant) are kept beside it (``<tag>/<key>.npz``) for the
+post-hoc analyses (``--thresholds``).
 
-Variants: ``memkd`` (memory on, the defaults), ``rd`` (memory off); ablations ``memkd-t1``
-(temperature 1.0), ``memkd-t0.03``, ``memkd-add`` (fusion by addition), ``memkd-nonel`` (no NEL
-loss: w_nm = w_orth = 0).
+Arms are named settings (``ARMS``); each runs memory on (``memkd``) and, where the arm changes
+something RD also has, memory off (``rd``).
 
-    .venv/bin/python bench/accuracy.py                      # 4 categories x 3 seeds x memkd, rd
-    .venv/bin/python bench/accuracy.py --quick              # 1 seed, short schedule
-    .venv/bin/python bench/accuracy.py --variants memkd,rd,memkd-t1,memkd-add --categories grass
+    .venv/bin/python bench/accuracy.py --arms base,init-data --seeds 0,1 --size 128
+    .venv/bin/python bench/accuracy.py --arms final --seeds 0,1,2 --size 256 --test --tag final
+    .venv/bin/python bench/accuracy.py --thresholds --tag accuracy_runs
+    .venv/bin/python bench/accuracy.py --quick        # 1 category, 1 seed, 40 steps: a smoke run
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
+import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from memkd.backbones import load_teacher
+from memkd.anomaly import image_scores
+from memkd.backbones import Teacher, load_teacher
 from memkd.config import ModelConfig, TrainConfig
 from memkd.datasets import SYNTH_CATEGORIES, read_mvtec_category, synth_dataset
+from memkd.datasets.mvtec import Category
 from memkd.evaluate import evaluate
-from memkd.train import fit
+from memkd.line_model import LineModel
+from memkd.metrics import image_auroc
+from memkd.train import fit, holdout_split, load_batch
 
 RESULTS = Path(__file__).resolve().parent / "results"
-METRICS = ("image_auroc", "pixel_auroc", "aupro")
-VARIANTS: dict[str, tuple[dict[str, object], dict[str, object]]] = {
-    "memkd": ({"memory": True}, {}),
-    "rd": ({"memory": False}, {}),
-    "memkd-t1": ({"memory": True, "temperature": 1.0}, {}),
-    "memkd-t0.03": ({"memory": True, "temperature": 0.03}, {}),
-    "memkd-add": ({"memory": True, "fusion": "add"}, {}),
-    "memkd-nonel": ({"memory": True}, {"w_nm": 0.0, "w_orth": 0.0}),
+TRAIN_SEED, VAL_SEED = 0, 1
+VAL_GOOD, VAL_BAD = 500, 60
+PIXEL_GOOD = 60  # good validation images that enter pixel AUROC / AUPRO beside the defective
+SCORES = {"max": 0.0, "top0.1": 0.001, "top1": 0.01}  # image score variants (fraction of pixels)
+TARGETS = (0.01, 0.05)
+
+# name -> (ModelConfig overrides, TrainConfig overrides, variants)
+Arm = tuple[dict[str, Any], dict[str, Any], tuple[str, ...]]
+ARMS: dict[str, Arm] = {
+    # 1. memory initialisation
+    "base": ({}, {}, ("memkd", "rd")),
+    "init-data": ({}, {"memory_init": "data"}, ("memkd",)),
+    "init-data-warm": ({}, {"memory_init": "data", "memory_warmup": 0.1}, ("memkd",)),
+    # 3. schedule, memory on and off: cosine lr over the same 300 steps; a longer cosine run
+    # (1000 steps, about 250 epochs of the 51 training images) that keeps the student with the
+    # lowest held-out KD loss, checked every 50 steps
+    "cosine": ({}, {"lr_schedule": "cosine"}, ("memkd", "rd")),
+    "long-es": (
+        {},
+        {"steps": 1000, "lr_schedule": "cosine", "early_stopping": True, "eval_every": 50},
+        ("memkd", "rd"),
+    ),
 }
 
 
-def _summary(rows: list[dict[str, object]], variants: list[str]) -> str:
-    cats = sorted({str(r["category"]) for r in rows})
+def _key(row: dict[str, Any]) -> str:
+    return f"{row['arm']}|{row['variant']}|{row['category']}|{row['seed']}|{row['input_size']}"
+
+
+def _done(path: Path) -> set[str]:
+    if not path.exists():
+        return set()
+    with open(path, newline="") as handle:
+        return {_key(r) for r in csv.DictReader(handle)}
+
+
+def _append(path: Path, row: dict[str, Any]) -> None:
+    new = not path.exists()
+    with open(path, "a", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def _data(root: Path, category: str, seed: int, n_train: int, n_good: int, n_bad: int) -> Category:
+    """A generated category, written once (every arm and seed sees the same files)."""
+    folder = root / f"seed{seed}-{n_train}-{n_good}-{n_bad}"
+    if not (folder / category).exists():
+        synth_dataset(folder, [category], seed=seed, n_train=n_train, n_test_good=n_good,
+                      n_test_bad=n_bad)  # fmt: skip
+    return read_mvtec_category(folder / category)
+
+
+def _maps(
+    model: LineModel, teacher: Teacher, paths: Sequence[Path], chunk: int = 32
+) -> torch.Tensor:
+    out = []
+    for i in range(0, len(paths), chunk):
+        x = load_batch(paths[i : i + chunk], model.input_size, model.mean, model.std, model.roi)
+        out.append(model.score(teacher, x).maps.float().cpu())
+    return torch.cat(out) if out else torch.zeros(0, 1, 1, 1)
+
+
+def _variants(maps: torch.Tensor) -> dict[str, np.ndarray]:
+    return {name: image_scores(maps, k).numpy() for name, k in SCORES.items()}
+
+
+def _score_split(
+    model: LineModel, teacher: Teacher, category: Category, n_pixel_good: int
+) -> tuple[dict[str, float], np.ndarray, dict[str, np.ndarray]]:
+    """Pixel metrics on the defective + first good images; every image's score variants."""
+    goods = [t for t in category.test if t.label == 0]
+    bads = [t for t in category.test if t.label == 1]
+    pixel_set = dataclasses.replace(category, test=bads + goods[:n_pixel_good])
+    report = evaluate(model, teacher, pixel_set, keep_maps=True)
+    assert report.maps is not None
+    rest = _maps(model, teacher, [t.path for t in goods[n_pixel_good:]])
+    maps = (
+        torch.cat([torch.from_numpy(report.maps)[:, None], rest])
+        if len(rest)
+        else (torch.from_numpy(report.maps)[:, None])
+    )
+    labels = np.array([1] * len(bads) + [0] * (len(goods)))
+    metrics = {"pixel_auroc": report.metrics["pixel_auroc"], "aupro": report.metrics["aupro"]}
+    return metrics, labels, _variants(maps)
+
+
+def _run_fit(
+    arm: str, variant: str, category: str, seed: int, args: argparse.Namespace, teacher: Teacher
+) -> dict[str, Any]:
+    mover, tover, _ = ARMS[arm]
+    mcfg = ModelConfig(input_size=args.size, **{**mover, "memory": variant == "memkd"})
+    tcfg = TrainConfig(seed=seed, **({"steps": args.steps} if args.steps else {}), **tover)
+    train = _data(args.data, category, TRAIN_SEED, 60, 12, 24)
+    started = time.perf_counter()
+    result = fit(train.train, mcfg, tcfg, teacher)
+    fit_s = time.perf_counter() - started
+    model = result.model
+    _, hold_idx = holdout_split(len(train.train), tcfg)
+    hold = _variants(_maps(model, teacher, [train.train[i] for i in hold_idx]))
+    val = _data(args.data, category, VAL_SEED, 1, VAL_GOOD, VAL_BAD)
+    pix, labels, val_scores = _score_split(model, teacher, val, PIXEL_GOOD)
+    row: dict[str, Any] = {
+        "arm": arm, "variant": variant, "category": category, "seed": seed,
+        "input_size": args.size, "steps": result.report["steps"],
+        "steps_run": result.report["steps_run"], "best_step": result.report["best_step"],
+        "fit_s": round(fit_s, 1),
+    }  # fmt: skip
+    for name, scores in val_scores.items():
+        row[f"val_auroc_{name}"] = round(image_auroc(labels, scores), 4)
+    row |= {f"val_{k}": round(v, 4) for k, v in pix.items()}
+    arrays: dict[str, Any] = {"val_labels": labels}
+    arrays |= {f"val_{k}": v for k, v in val_scores.items()}
+    arrays |= {f"hold_{k}": v for k, v in hold.items()}
+    if args.test:
+        test = _data(args.data, category, TRAIN_SEED, 60, 12, 24)
+        tpix, tlabels, tscores = _score_split(model, teacher, test, 12)
+        for name, scores in tscores.items():
+            row[f"test_auroc_{name}"] = round(image_auroc(tlabels, scores), 4)
+        row |= {f"test_{k}": round(v, 4) for k, v in tpix.items()}
+        arrays["test_labels"] = tlabels
+        arrays |= {f"test_{k}": v for k, v in tscores.items()}
+    out = RESULTS / args.tag
+    out.mkdir(parents=True, exist_ok=True)
+    np.savez(out / (_key(row).replace("|", "_") + ".npz"), **arrays)
+    return row
+
+
+def _summary(path: Path, metric: str) -> str:
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    groups: dict[tuple[str, str, int], dict[str, list[float]]] = {}
+    for r in rows:
+        if metric not in r or r[metric] in ("", None):
+            continue
+        cell = groups.setdefault((r["arm"], r["variant"], int(r["input_size"])), {})
+        cell.setdefault(r["category"], []).append(float(r[metric]))
+    lines = [f"| arm | variant | px | {' | '.join(SYNTH_CATEGORIES)} | mean (over seeds) |",
+             "|---|---|---|" + "---|" * (len(SYNTH_CATEGORIES) + 1)]  # fmt: skip
+    for (arm, variant, size), cats in sorted(groups.items()):
+        cells = []
+        for cat in SYNTH_CATEGORIES:
+            vals = cats.get(cat, [])
+            cells.append(f"{100 * np.mean(vals):.1f} ± {100 * np.std(vals):.1f}" if vals else "")
+        seeds = min((len(v) for v in cats.values()), default=0)
+        per_seed = [np.mean([v[i] for v in cats.values()]) for i in range(seeds)]
+        mean = f"{100 * np.mean(per_seed):.1f} ± {100 * np.std(per_seed):.1f}" if seeds else ""
+        lines.append(f"| {arm} | {variant} | {size} | {' | '.join(cells)} | {mean} |")
+    return "\n".join(lines)
+
+
+def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Exact binomial confidence interval of a rate k/n."""
+    from scipy.stats import beta
+
+    a = (1 - level) / 2
+    lo = 0.0 if k == 0 else float(beta.ppf(a, k, n - k + 1))
+    hi = 1.0 if k == n else float(beta.ppf(1 - a, k + 1, n - k))
+    return lo, hi
+
+
+def threshold_rows(folder: Path, score: str, arm: str = "") -> list[dict[str, Any]]:
+    """Every rule at every target on every fit of ``folder``: held-out good scores set the
+    threshold, the 500 validation good images say how often it is crossed."""
+    from memkd.threshold import RULES, expected_fpr, threshold_for
+
+    rows = []
+    for npz in sorted(folder.glob("*.npz")):
+        f_arm, variant, category, seed, size = npz.stem.split("_")
+        if arm and f_arm != arm:
+            continue
+        data = np.load(npz)
+        hold, val, labels = data[f"hold_{score}"], data[f"val_{score}"], data["val_labels"]
+        good, bad = val[labels == 0], val[labels == 1]
+        for rule in RULES:
+            for target in TARGETS:
+                thr = threshold_for(hold, rule, target)
+                predicted = (
+                    target if rule in ("normal", "lognormal") else expected_fpr(hold, thr, rule)
+                )
+                k = int(np.sum(good >= thr))
+                lo, hi = clopper_pearson(k, good.size)
+                observed = k / good.size
+                rows.append({
+                    "arm": f_arm, "variant": variant, "category": category, "seed": int(seed),
+                    "size": int(size), "rule": rule, "target": target, "n_holdout": hold.size,
+                    "threshold": thr, "predicted": predicted, "observed": observed,
+                    "ci_low": lo, "ci_high": hi,
+                    "within_2x": predicted / 2 <= observed <= predicted * 2,
+                    "ci_meets_2x": lo <= predicted * 2 and hi >= predicted / 2,
+                    "recall": float(np.mean(bad >= thr)),
+                })  # fmt: skip
+    return rows
+
+
+def threshold_summary(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| category | variant | image AUROC | pixel AUROC | AUPRO |",
-        "|---|---|---|---|---|",
+        "| rule | target | fits | observed FPR (mean, min-max) | within 2x | recall (mean) |",
+        "|---|---|---|---|---|---|",
     ]
-    for cat in [*cats, "mean"]:
-        for var in variants:
-            sel = [
-                r for r in rows if r["variant"] == var and (cat == "mean" or r["category"] == cat)
-            ]
-            if not sel:
-                continue
-            cells = []
-            for m in METRICS:
-                if cat == "mean":  # spread over seeds of the category-mean
-                    seeds = sorted({r["seed"] for r in sel})
-                    vals = [np.mean([float(r[m]) for r in sel if r["seed"] == s]) for s in seeds]
-                else:
-                    vals = [float(r[m]) for r in sel]
-                cells.append(f"{100 * np.mean(vals):.1f} ± {100 * np.std(vals):.1f}")
-            lines.append(f"| {cat} | {var} | " + " | ".join(cells) + " |")
+    keys = sorted({(r["rule"], r["target"]) for r in rows}, key=lambda x: (x[0], x[1]))
+    for rule, target in keys:
+        sel = [r for r in rows if r["rule"] == rule and r["target"] == target]
+        obs = [r["observed"] for r in sel]
+        lines.append(
+            f"| {rule} | {100 * target:g} % | {len(sel)} | {100 * np.mean(obs):.2f} % "
+            f"({100 * min(obs):.1f}-{100 * max(obs):.1f}) | "
+            f"{sum(r['within_2x'] for r in sel)}/{len(sel)} | "
+            f"{100 * np.mean([r['recall'] for r in sel]):.1f} % |"
+        )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="1 seed, 2 categories, 40 steps")
+    parser.add_argument("--arms", default="base", help=f"comma-separated: {', '.join(ARMS)}")
     parser.add_argument("--categories", default=",".join(SYNTH_CATEGORIES))
-    parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--variants", default="memkd,rd")
-    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--size", type=int, default=128, help="model input side")
-    parser.add_argument("--width-mult", type=float, default=ModelConfig().width_mult)
-    parser.add_argument("--n-train", type=int, default=60)
-    parser.add_argument("--data", type=Path, default=RESULTS / "synth-data")
-    parser.add_argument("--threads", type=int, default=0)
-    parser.add_argument("--tag", default="accuracy", help="output file stem")
+    parser.add_argument("--steps", type=int, default=0, help="0: the arm's (or fit's) schedule")
+    parser.add_argument("--variants", default="", help="only these of each arm's variants")
+    parser.add_argument("--test", action="store_true", help="also score the test split (final)")
+    parser.add_argument("--data", type=Path, default=RESULTS / "accuracy-data")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--tag", default="accuracy_runs", help="CSV and npz folder name")
+    parser.add_argument("--quick", action="store_true", help="grass, seed 0, base, 40 steps")
+    parser.add_argument("--metric", default="val_auroc_max", help="column the summary shows")
+    parser.add_argument("--summary", action="store_true", help="print the summary only")
+    parser.add_argument(
+        "--thresholds", action="store_true", help="the threshold rules, post hoc on --tag's fits"
+    )
+    parser.add_argument("--score", default="max", help=f"image score: {', '.join(SCORES)}")
     args = parser.parse_args(argv)
     if args.quick:
-        args.seeds, args.steps, args.categories = "0", 40, "grass,coffee"
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    variants = args.variants.split(",")
-    unknown = [v for v in variants if v not in VARIANTS]
-    if unknown:
-        parser.error(f"unknown variants {unknown}; choose from {sorted(VARIANTS)}")
-    teacher = load_teacher("tf_efficientnet_lite0")
-    rows: list[dict[str, object]] = []
+        args.arms, args.categories, args.seeds, args.steps = "base", "grass", "0", 40
+        args.tag = "accuracy_quick"
+    torch.set_num_threads(args.threads)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    for cat in args.categories.split(","):
-        root = args.data / cat
-        if not root.exists():  # data seed 0 always: every variant and seed sees the same images
-            synth_dataset(args.data, [cat], seed=0, n_train=args.n_train)
-        category = read_mvtec_category(root)
+    csv_path = RESULTS / f"{args.tag}.csv"
+    if args.thresholds:
+        rows = threshold_rows(
+            RESULTS / args.tag, args.score, args.arms if "," not in args.arms else ""
+        )
+        with open(RESULTS / f"{args.tag}_thresholds.csv", "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        print(threshold_summary(rows))
+        return 0
+    if not args.summary:
+        unknown = [a for a in args.arms.split(",") if a not in ARMS]
+        if unknown:
+            parser.error(f"unknown arms {unknown}; choose from {', '.join(ARMS)}")
+        only = {v for v in args.variants.split(",") if v}
+        teacher = load_teacher("tf_efficientnet_lite0")
+        done = _done(csv_path)
         for seed in (int(s) for s in args.seeds.split(",")):
-            for var in variants:
-                mover, tover = VARIANTS[var]
-                mcfg = ModelConfig(input_size=args.size, width_mult=args.width_mult, **mover)
-                tcfg = TrainConfig(steps=args.steps, seed=seed, **tover)
-                start = time.perf_counter()
-                model = fit(category.train, mcfg, tcfg, teacher).model
-                fit_s = time.perf_counter() - start
-                report = evaluate(model, teacher, category)
-                row = {"category": cat, "variant": var, "seed": seed, "steps": args.steps,
-                       "input_size": args.size, "width_mult": args.width_mult,
-                       **{m: round(report.metrics[m], 4) for m in METRICS},
-                       "fit_s": round(fit_s, 1)}  # fmt: skip
-                rows.append(row)
-                print(", ".join(f"{k}={v}" for k, v in row.items()), flush=True)
-    with open(RESULTS / f"{args.tag}.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    table = _summary(rows, variants)
-    (RESULTS / f"{args.tag}.md").write_text(table + "\n")
-    print(table)
+            for cat in args.categories.split(","):
+                for arm in args.arms.split(","):
+                    for variant in ARMS[arm][2]:
+                        if only and variant not in only:
+                            continue
+                        probe = {"arm": arm, "variant": variant, "category": cat, "seed": seed,
+                                 "input_size": args.size}  # fmt: skip
+                        if _key(probe) in done:
+                            continue
+                        row = _run_fit(arm, variant, cat, seed, args, teacher)
+                        _append(csv_path, row)
+                        print(json.dumps(row), flush=True)
+    if csv_path.exists():
+        table = _summary(csv_path, args.metric)
+        (RESULTS / f"{args.tag}.md").write_text(table + "\n")
+        print(table)
     return 0
 
 

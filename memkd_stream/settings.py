@@ -43,6 +43,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from memkd_stream.contract.lateness import LatePolicy
 from memkd_stream.contract.line_id import LINE_ID_RE
 from memkd_stream.errors import ErrorCode, MemkdStreamError
 from memkd_stream.log import redact_url, register_secret
@@ -306,6 +307,13 @@ class WorkerSettings(_Group):
     # A worker thread (consumer, decode, inference, publisher, hot swap) that makes no progress
     # for this long fails /healthz, and Kubernetes restarts the pod.
     stuck_after_s: float = Field(60, gt=0)
+    # Late images (DESIGN.md §3): an image older than max_age_ms (unset: never late) plus the
+    # clock-skew margin when it would be scored is scored with late_ms in its result, or
+    # dead-lettered `stale`, as the line's late policy says (this one, or the line's override
+    # in Redis: `memkd-stream lines late-policy`).
+    max_age_ms: int | None = Field(None, ge=1)
+    clock_skew_ms: int = Field(1000, ge=0)
+    late_policy: LatePolicy = LatePolicy.SCORE
     worker_id: str = Field(default_factory=socket.gethostname, min_length=1)
 
     @field_validator("preload_lines", mode="before")

@@ -2,8 +2,9 @@
 
 Reads without a consumer group (nothing is committed, nothing is taken from the workers). A
 result comes back as its JSON document plus its Kafka headers; a dead letter as the fields of
-its headers (the image it carries is of no use on a terminal); both with ``kafka``: where the
-record itself sits (partition, offset) and when it was produced (``timestamp_ms``).
+its headers (the image it carries is of no use on a terminal), with ``replay_count`` (how often
+``dlq replay`` sent it back already); both with ``kafka``: where the record itself sits
+(partition, offset) and when it was produced (``timestamp_ms``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from memkd_stream.contract.headers import (
     HEADER_ID,
     HEADER_SOURCE,
 )
+from memkd_stream.contract.replay import replay_count
 
 if TYPE_CHECKING:
     from memkd_stream.settings import KafkaSettings
@@ -117,6 +119,7 @@ def parse_record(
             "error": texts.get(HEADER_ERROR),
             "detail": texts.get(HEADER_ERROR_DETAIL),
             "source": texts.get(HEADER_SOURCE),
+            "replay_count": replay_count([(k, v or b"") for k, v in headers or []]),
             "headers": texts,
         }
     doc["headers"] = texts

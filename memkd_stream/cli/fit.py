@@ -28,11 +28,16 @@ from memkd_stream.cli.inputs import (
     torch_device,
     torch_precision,
 )
-from memkd_stream.cli.main import Context, line_arg, whole_number
+from memkd_stream.cli.main import Context, UsageError, line_arg, whole_number
 from memkd_stream.cli.output import Output
 from memkd_stream.errors import MemkdStreamError
 
 __all__ = ["register"]
+
+# memkd.threshold's names, spelled here so that `--help` does not import torch
+RULES = ("lognormal", "normal", "mean_std", "quantile")
+DEFAULT_RULE = "lognormal"
+DEFAULT_TARGET_FPR = 0.01
 
 MIN_TRAIN_IMAGES = 8
 _POSITIVE = whole_number(1)
@@ -79,6 +84,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "model.precision; auto = bf16 where the device does it natively, else fp32)",
     )
     p.add_argument(
+        "--target-fpr",
+        type=_rate,
+        metavar="F",
+        help="false-alarm rate the threshold is set for, on good images like the training ones "
+        f"(default {DEFAULT_TARGET_FPR:g} = {100 * DEFAULT_TARGET_FPR:g} %%)",
+    )
+    p.add_argument(
+        "--threshold-rule",
+        choices=RULES,
+        help=f"how held-out good scores set the threshold (default {DEFAULT_RULE}: a prediction "
+        "bound that holds --target-fpr with few images)",
+    )
+    p.add_argument(
+        "--defects",
+        type=Path,
+        metavar="DIR",
+        help="a folder of defective example images: the report adds how many the threshold "
+        "catches and the threshold with the best F1 (an MVTec category's test split counts too)",
+    )
+    p.add_argument(
+        "--threshold-from",
+        choices=("good", "defects"),
+        default="good",
+        help="good (default): the --target-fpr rule on held-out good images; defects: the best-F1 "
+        "threshold against the defective examples (needs some)",
+    )
+    p.add_argument(
         "--out",
         type=Path,
         metavar="FILE",
@@ -111,6 +143,12 @@ def _fit(ctx: Context) -> int:
         store = ctx.store()
         store.lines()  # Redis down -> StoreUnavailable now, before any training
     dataset = _readable_dataset(args.data, args.roi, args.min_images, out)
+    defect_paths = _defect_examples(args.defects, args.roi, out)
+    if args.threshold_from == "defects" and not defect_paths and not dataset.has_labels:
+        raise UsageError(
+            "--threshold-from defects needs defective examples: pass --defects DIR, or --data "
+            "an MVTec category with a test split"
+        )
 
     from memkd.config import ModelConfig, TrainConfig
     from memkd.train import fit
@@ -121,6 +159,11 @@ def _fit(ctx: Context) -> int:
     out.note(f"loading teacher {backbone} on {device} ({precision} compute)")
     teacher = load_teacher_for(backbone, args.teacher_weights, settings, device)
     model_config = ModelConfig(backbone=backbone, input_size=args.input_size)
+    threshold: dict[str, Any] = {}
+    if args.target_fpr is not None:
+        threshold["target_fpr"] = args.target_fpr
+    if args.threshold_rule is not None:
+        threshold["threshold_rule"] = args.threshold_rule
     train_config = TrainConfig(
         steps=args.steps,
         epochs=args.epochs,
@@ -128,6 +171,7 @@ def _fit(ctx: Context) -> int:
         seed=args.seed,
         device=device,
         precision=precision,
+        **threshold,
     )
     out.note(
         f"training line {args.line} on {len(dataset.train)} good images from {dataset.root} "
@@ -137,6 +181,7 @@ def _fit(ctx: Context) -> int:
     with _Progress(out) as progress:
         result = fit(dataset.train, model_config, train_config, teacher, progress, roi=args.roi)
     model = result.model
+    _calibrate_on_defects(ctx, model, teacher, dataset, defect_paths, precision)
     evaluation: dict[str, Any] = {}
     if dataset.has_labels:
         out.note(f"evaluating on {len(dataset.category.test)} test images of {dataset.root}")
@@ -196,6 +241,9 @@ def _fit(ctx: Context) -> int:
         "normal_scores": {k: calibration.get(k) for k in ("n", "mean", "std", "quantile", "max")},
         "threshold": calibration.get("threshold"),
         "threshold_rule": calibration.get("rule"),
+        "target_fpr": calibration.get("target_fpr"),
+        "expected_fpr": calibration.get("expected_fpr"),
+        "defects": calibration.get("defects"),
         "metrics": evaluation.get("metrics", {}),
         "evaluation": evaluation,
     }
@@ -250,8 +298,10 @@ def _print_report(console: Console, data: dict[str, Any]) -> None:
             f"mean {_g(scores['mean'])}  std {_g(scores['std'])}  "
             f"q {_g(scores['quantile'])}  max {_g(scores['max'])}  (n={scores['n']})",
         ),
-        ("threshold", f"{_g(data['threshold'])} ({data['threshold_rule']})"),
+        ("threshold", threshold_text(data)),
     ]
+    if data["defects"]:
+        rows.append(("defective examples", defects_text(data["defects"])))
     evaluation = data["evaluation"]
     if evaluation:
         rows.append(
@@ -263,6 +313,74 @@ def _print_report(console: Console, data: dict[str, Any]) -> None:
         )
         rows.append(("at threshold", at_threshold_text(evaluation.get("at_threshold") or {})))
     console.print(Output.table(["", ""], rows))
+
+
+def threshold_text(data: dict[str, Any]) -> str:
+    """The threshold, its rule and the false-alarm rate it is expected to give."""
+    text = f"{_g(data['threshold'])} ({data['threshold_rule']}"
+    if data.get("target_fpr") is not None:
+        text += f", set for {_pct(data['target_fpr'])} false alarms"
+    text += ")"
+    if data.get("expected_fpr") is not None:
+        text += f"; expected false alarms on good images: {_pct(data['expected_fpr'])}"
+    return text
+
+
+def defects_text(defects: dict[str, Any]) -> str:
+    """What the defective examples said about the threshold."""
+    return (
+        f"{int(defects['n'])}: {_pct(defects['recall'])} caught at the threshold (miss rate "
+        f"{_pct(defects['miss_rate'])}); best F1 {defects['best_f1']:.2f} at threshold "
+        f"{_g(defects['best_f1_threshold'])} (catches {_pct(defects['best_f1_recall'])})"
+    )
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.3g} %"
+
+
+def _rate(text: str) -> float:
+    """argparse type: a rate in (0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a rate between 0 and 1 (e.g. 0.01)")
+    return value
+
+
+def _defect_examples(folder: Path | None, roi: Any, out: Output) -> list[Path]:
+    if folder is None:
+        return []
+    dataset = resolve_dataset(folder)
+    good, bad = check_readable(dataset.train, roi)
+    for item in bad[:SHOWN_UNREADABLE]:
+        out.warn(f"defect example skipped: {item.path}: {item.reason}")
+    if not good:
+        raise DatasetError(f"no usable defective example images in {folder}")
+    return good
+
+
+def _calibrate_on_defects(
+    ctx: Context, model: Any, teacher: Any, dataset: DatasetInput, paths: list[Path],
+    precision: Any,
+) -> None:  # fmt: skip
+    """Score the defective examples (--defects, an MVTec test split's defective images) and
+    record what they say; with --threshold-from defects, take their best-F1 threshold."""
+    from memkd_stream.cli.scoring import score_paths
+
+    examples = list(paths)
+    if dataset.has_labels:
+        examples += [Path(t.path) for t in dataset.category.test if t.label == 1]
+    if not examples or model.calibration is None:
+        return
+    scored = score_paths(model, teacher, examples, ctx.args.batch_size, precision)
+    calibration = model.calibration.with_defects(scored.scores)
+    if ctx.args.threshold_from == "defects" and calibration.defects is not None:
+        best = calibration.defects["best_f1_threshold"]
+        calibration = calibration.with_threshold(best, rule="best_f1").with_defects(scored.scores)
+    model.calibration = calibration
 
 
 def at_threshold_text(at: dict[str, Any]) -> str:

@@ -1,8 +1,11 @@
-"""``memkd-stream lines ...``: see, activate, roll back, delete, publish and export line models.
+"""``memkd-stream lines ...``: see, activate, roll back, delete, publish and export line models,
+and set a line's late policy.
 
 Every change goes through the line store in Redis, so workers hear about each activation on
 its events channel and swap between batches. Rollback activates the version that was active
-before the current one (twice = back where you started).
+before the current one (twice = back where you started). A line's late policy (what an image
+older than worker.max_age_ms becomes: scored with late_ms, or dead-lettered stale) is an
+operations choice kept beside the line, not in its model; workers pick a change up at once.
 """
 
 from __future__ import annotations
@@ -13,8 +16,9 @@ from typing import Any
 
 from rich.console import Console
 
-from memkd_stream.cli.main import Context, line_arg, whole_number
+from memkd_stream.cli.main import Context, UsageError, line_arg, whole_number
 from memkd_stream.cli.output import Output, human_bytes
+from memkd_stream.contract.lateness import LatePolicy
 
 __all__ = ["record_summary", "register"]
 
@@ -27,6 +31,8 @@ examples:
   memkd-stream lines rollback A
   memkd-stream lines publish A A-20250101T120000Z.safetensors
   memkd-stream lines export A --version 3 --out A-v3.safetensors
+  memkd-stream lines late-policy A dead-letter
+  memkd-stream lines late-policy A --clear
 """
 
 _LINE_HELP = "line id, e.g. A or press-3"
@@ -87,6 +93,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", type=Path, required=True, metavar="FILE", help="file to write")
     p.set_defaults(handler=_export)
+
+    p = action(
+        "late-policy",
+        "show, set or clear what the line's late images become (its override of "
+        "worker.late_policy)",
+    )
+    p.add_argument("line", type=line_arg, metavar="LINE", help=_LINE_HELP)
+    p.add_argument(
+        "policy",
+        nargs="?",
+        choices=[policy.value for policy in LatePolicy],
+        metavar="POLICY",
+        help="score (scored, the result says late_ms) or dead-letter (dead-lettered stale); "
+        "without it: show the line's policy",
+    )
+    p.add_argument(
+        "--clear", action="store_true", help="remove the override: worker.late_policy applies"
+    )
+    p.set_defaults(handler=_late_policy)
 
 
 def record_summary(record: dict[str, Any]) -> dict[str, Any]:
@@ -156,10 +181,13 @@ def _show(ctx: Context) -> int:
     versions = store.versions(line)
     current = store.current(line)
     metas = [store.meta(line, v) for v in versions]
-    data = {"line": line, "current": current, "versions": metas}
+    late = store.late_policy(line)
+    data = {"line": line, "current": current, "late_policy": late, "versions": metas}
 
     def human(console: Console) -> None:
         console.print(f"line {line}: active version {current if current else 'none'}")
+        if late is not None:
+            console.print(f"late policy: {late.value} (this line's override)")
         rows = []
         for meta in metas:
             s = record_summary(meta["metadata"])
@@ -260,6 +288,47 @@ def _export(ctx: Context) -> int:
         f"wrote {line}@{version} to {ctx.args.out} ({human_bytes(meta['size'])}, sha256 checked)",
     )
     return 0
+
+
+def _late_policy(ctx: Context) -> int:
+    store, line, args = ctx.store(), ctx.args.line, ctx.args
+    if args.clear and args.policy:
+        raise UsageError("give a POLICY or --clear, not both")
+    worker = ctx.settings.worker
+    if args.clear or args.policy:
+        policy = None if args.clear else LatePolicy(args.policy)
+        store.set_late_policy(line, policy)
+        said = (
+            f"line {line}: late policy override cleared (workers apply worker.late_policy)"
+            if policy is None
+            else f"line {line}: late images are now {_LATE_MEANING[policy]}"
+        )
+        ctx.out.result({"line": line, "late_policy": policy}, said)
+        return 0
+    store.versions(line)  # an unknown line is an error, not "no override"
+    override = store.late_policy(line)
+    data = {
+        "line": line,
+        "late_policy": override,
+        "default": worker.late_policy,
+        "max_age_ms": worker.max_age_ms,
+    }
+    age = "off" if worker.max_age_ms is None else f"{worker.max_age_ms} ms"
+    said = (
+        f"line {line}: late policy {override.value} (this line's override): late images are "
+        f"{_LATE_MEANING[override]}"
+        if override is not None
+        else f"line {line}: no override; workers apply worker.late_policy "
+        f"(in these settings: {worker.late_policy.value}, max age {age})"
+    )
+    ctx.out.result(data, said)
+    return 0
+
+
+_LATE_MEANING = {
+    LatePolicy.SCORE: "scored, and their results carry late_ms",
+    LatePolicy.DEAD_LETTER: "dead-lettered with code stale",
+}
 
 
 def _ref(line: str, version: int | None) -> str:

@@ -45,7 +45,7 @@ __all__ = [
 
 PROG = "memkd-stream"
 _COMMAND_MODULES = ("data", "fit", "eval", "lines")
-_OPTIONAL_MODULES = ("stream",)  # WORKER's produce / results / topics
+_OPTIONAL_MODULES = ("stream", "dlq")  # produce / results / topics; dlq replay
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 EPILOG = """\
@@ -55,6 +55,7 @@ examples:
   memkd-stream lines show A
   memkd-stream eval --line A --data data/synth/grass --out eval-A
   memkd-stream lines rollback A
+  memkd-stream dlq replay --code line-unavailable --since 2h
 
 settings come from MEMKD_* environment variables (e.g. MEMKD_REDIS__URL) and --config FILE.
 """

@@ -257,7 +257,14 @@ def _produce(ctx: Context) -> int:
 # ------------------------------------------------------------------------------ results
 def _row(doc: dict[str, Any]) -> list[str]:
     if "error" in doc:
-        return [str(doc.get("id")), str(doc.get("line")), "-", "-", "-", f"DLQ {doc['error']}"]
+        return [
+            str(doc.get("id")),
+            str(doc.get("line")),
+            str(doc.get("error")),
+            "-" if doc.get("replay_count") is None else str(doc["replay_count"]),
+            str(doc.get("source")),
+            str(doc.get("detail")),
+        ]
     return [
         str(doc["id"]),
         str(doc["line"]),
@@ -269,6 +276,8 @@ def _row(doc: dict[str, Any]) -> list[str]:
 
 
 _COLUMNS = ("id", "line", "version", "score", "threshold", "verdict")
+# dead letters: what failed, how often `dlq replay` sent it back already, where it came from
+_DLQ_COLUMNS = ("id", "line", "code", "replays", "source", "detail")
 
 
 def _brief(doc: dict[str, Any]) -> dict[str, Any]:
@@ -297,7 +306,8 @@ def _results(ctx: Context) -> int:
             def show(doc: dict[str, Any]) -> None:
                 print(json.dumps(_brief(doc)), flush=True)
         else:
-            print("  ".join(f"{c:<12}" for c in _COLUMNS), flush=True)
+            columns = _DLQ_COLUMNS if args.dlq else _COLUMNS
+            print("  ".join(f"{c:<12}" for c in columns), flush=True)
 
             def show(doc: dict[str, Any]) -> None:
                 print("  ".join(f"{c:<12}" for c in _row(doc)), flush=True)
@@ -332,7 +342,8 @@ def _results(ctx: Context) -> int:
     def human(console: Any) -> None:
         from rich.table import Table
 
-        table = Table(*_COLUMNS, title=f"{plural(len(docs), 'record')} on {topic}")
+        columns = _DLQ_COLUMNS if args.dlq else _COLUMNS
+        table = Table(*columns, title=f"{plural(len(docs), 'record')} on {topic}")
         for doc in docs:
             table.add_row(*_row(doc))
         console.print(table)

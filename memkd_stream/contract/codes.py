@@ -23,3 +23,6 @@ class DeadLetterCode(StrEnum):
     # The Kafka client could not parse the record (a compression codec it lacks, a corrupt
     # batch, a header name that is not UTF-8); its key, value and headers are not recovered.
     UNREADABLE_RECORD = "unreadable-record"
+    # Older than worker.max_age_ms (plus the clock-skew margin) when it would have been scored,
+    # on a line whose late policy says a late verdict is useless (DESIGN.md §3, late images).
+    STALE = "stale"

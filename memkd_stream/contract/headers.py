@@ -13,6 +13,7 @@ __all__ = [
     "HEADER_HEADERS_DROPPED",
     "HEADER_ID",
     "HEADER_KEY_DROPPED",
+    "HEADER_REPLAY_COUNT",
     "HEADER_SENT_AT",
     "HEADER_SOURCE",
     "HEADER_TRACEPARENT",
@@ -47,6 +48,10 @@ DLQ_HEADERS = (
     HEADER_KEY_DROPPED,
     HEADER_HEADERS_DROPPED,
 )
+
+# set by `memkd-stream dlq replay` on a re-produced dead letter (1, 2, ...); to the worker an
+# ordinary pass-through header, so it travels on to the result or the next dead letter
+HEADER_REPLAY_COUNT = "memkd-replay-count"
 
 MAX_ID_BYTES = 256
 # A detail is for a human reading the DLQ; cap it so a pathological message cannot bloat records.

@@ -30,7 +30,7 @@ from memkd_stream.contract.headers import (
 )
 from memkd_stream.contract.line_id import validate_line_id
 
-__all__ = ["Request", "Source", "parse_request"]
+__all__ = ["Request", "Source", "parse_id", "parse_request"]
 
 T = TypeVar("T")
 
@@ -102,7 +102,9 @@ def _decode_text(name: str, raw: bytes) -> str:
         raise _bad_header(f"header {name!r} is not valid UTF-8") from None
 
 
-def _parse_id(raw: bytes) -> str:
+def parse_id(raw: bytes) -> str:
+    """The text of a ``memkd-id`` header value; raises ``BadRequest`` (``bad-header``) when it
+    cannot be an id (empty, too long, not UTF-8, control characters)."""
     if not raw:
         raise _bad_header(f"header {HEADER_ID!r} is empty")
     if len(raw) > MAX_ID_BYTES:
@@ -166,7 +168,7 @@ def parse_request(
         if _known(name) == HEADER_ID:
             if request_id is not None:
                 raise _bad_header(f"header {HEADER_ID!r} appears more than once")
-            request_id = _parse_id(raw)
+            request_id = parse_id(raw)
     sent_at_ms = _optional(records, HEADER_SENT_AT, _parse_sent_at)
     traceparent = _optional(records, HEADER_TRACEPARENT, _parse_traceparent)
     used = {HEADER_ID}

@@ -1,8 +1,9 @@
 """Results: the JSON value and the Kafka headers of a result record (DESIGN.md §3).
 
-The JSON has exactly the keys of §3. The request's headers travel as the *Kafka headers of the
-result record*: the passed-through ones (as many as fit the size limit), then ``memkd-id`` (the
-effective id), ``memkd-sent-at`` and ``traceparent`` when the request had them.
+The JSON has exactly the keys of §3 (``late_ms`` only when the image was late). The request's
+headers travel as the *Kafka headers of the result record*: the passed-through ones (as many as
+fit the size limit), then ``memkd-id`` (the effective id), ``memkd-sent-at`` and ``traceparent``
+when the request had them.
 """
 
 from __future__ import annotations
@@ -38,8 +39,12 @@ def encode_result(
     mask_hw: tuple[int, int],
     timing_ms: dict[str, float],
     worker: str,
+    late_ms: float | None = None,
 ) -> bytes:
     """Render the result JSON of DESIGN.md §3 (keys and nesting exactly as the contract).
+
+    ``late_ms`` (how far past ``worker.max_age_ms`` the image was when scored) is present only
+    when the image was late (``contract.lateness``).
 
     Raises:
         ValueError: the score or threshold is not finite (the caller dead-letters as model-error).
@@ -73,6 +78,8 @@ def encode_result(
         },
         "worker": worker,
     }
+    if late_ms is not None:
+        document["late_ms"] = round(_finite("late_ms", late_ms), 3)
     return json.dumps(document, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode(
         "utf-8"
     )

@@ -9,6 +9,8 @@ Keys (``<p>`` = prefix, ``<L>`` = line id, ``<n>`` = version):
 - ``<p>line:<L>:current``              the active version.
 - ``<p>line:<L>:history``              list of activations, newest first:
                                        JSON ``{"version", "at", "who", "action"}``.
+- ``<p>line:<L>:late_policy``          the line's late policy override (an operations choice,
+                                       never in the artifact); absent = the workers' setting.
 - ``<p>lines``                         set of line ids.
 - channel ``<p>events``                JSON ``{"line", "version", "action"}``, one per activation.
 
@@ -36,13 +38,14 @@ import contextlib
 import hashlib
 import io
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal, NoReturn, cast
 
 import redis
 
+from memkd_stream.contract.lateness import LatePolicy
 from memkd_stream.contract.line_id import validate_line_id
 from memkd_stream.errors import MemkdStreamError
 from memkd_stream.lines.artifact_file import read_artifact_record, sidecar_sha256
@@ -83,6 +86,15 @@ def _text(value: bytes | str | None) -> str | None:
     if value is None or isinstance(value, str):
         return value
     return value.decode("utf-8")
+
+
+def _late_policy(value: bytes | str | None) -> LatePolicy | None:
+    """A stored override; a value no version of ours wrote counts as no override."""
+    try:
+        text = _text(value)
+        return LatePolicy(text) if text is not None else None
+    except (ValueError, UnicodeDecodeError):
+        return None
 
 
 class LineStore:
@@ -215,6 +227,22 @@ class LineStore:
             self._require_line(line)
         return [json.loads(entry) for entry in raw]
 
+    def late_policy(self, line: str) -> LatePolicy | None:
+        """The line's late policy override, or None (the workers' setting applies)."""
+        validate_line_id(line)
+        with self._guard():
+            return _late_policy(self._r.get(self._k(line, "late_policy")))
+
+    def late_policies(self, lines: Iterable[str]) -> dict[str, LatePolicy]:
+        """The overrides of ``lines`` that have one, in one round trip (MGET)."""
+        wanted = sorted(set(lines))
+        if not wanted:
+            return {}
+        with self._guard():
+            raw = self._r.mget([self._k(line, "late_policy") for line in wanted])
+        found = {line: _late_policy(value) for line, value in zip(wanted, raw, strict=True)}
+        return {line: policy for line, policy in found.items() if policy is not None}
+
     def fetch_artifact(self, line: str, version: int) -> bytes:
         """The artifact bytes of ``line@version``, sha256-verified (raises ChecksumMismatch)."""
         buffer = io.BytesIO()
@@ -346,6 +374,26 @@ class LineStore:
             self._queue_activation(pipe, line, version, who=who, action=action)
 
         self._transaction(txn, meta_key)
+
+    def set_late_policy(self, line: str, policy: LatePolicy | None) -> None:
+        """Set (or with None clear) the line's late policy override and tell the workers: the
+        key and a ``late-policy`` event in one MULTI/EXEC. Raises UnknownLine."""
+        validate_line_id(line)
+        with self._guard():
+            self._require_line(line)
+            current = self._r.get(self._k(line, "current"))
+            event = {
+                "line": line,
+                "version": int(current) if current is not None else None,
+                "action": "late-policy",
+            }
+            pipe = self._r.pipeline(transaction=True)
+            if policy is None:
+                pipe.delete(self._k(line, "late_policy"))
+            else:
+                pipe.set(self._k(line, "late_policy"), LatePolicy(policy).value)
+            pipe.publish(self.events_channel, json.dumps(event))
+            pipe.execute()
 
     def rollback(self, line: str, *, who: str) -> int:
         """Activate the version that was active before the current one; returns it."""

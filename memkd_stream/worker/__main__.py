@@ -148,8 +148,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from memkd_stream.worker.hot_swap import HotSwapper
     from memkd_stream.worker.metrics import WorkerMetrics
 
-    metrics = WorkerMetrics()
     heartbeats = Heartbeats()
+    metrics = WorkerMetrics(heartbeats=heartbeats)
     store = LineStore.from_settings(settings.redis)
     try:
         engine = Engine(settings.model, settings.worker, store, metrics=metrics)
@@ -204,6 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         heartbeats=heartbeats,
         stuck_after_s=settings.worker.stuck_after_s,
     )
+    swapper.prime()
     swapper.start()
     server.started()
     try:

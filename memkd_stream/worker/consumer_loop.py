@@ -116,6 +116,7 @@ class ConsumerLoop:
             self.sink.dead_letter(item, DeadLetterCode(exc.code), str(exc), offset=record.offset)
             return
         item.request = request
+        self.ctx.metrics.line_record_in(request.line)
         for name in request.ignored_headers:
             self.ctx.metrics.header_ignored(name)
             self.ctx.log.warning(

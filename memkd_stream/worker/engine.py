@@ -19,6 +19,10 @@ probes (a doubling window up to 10 s) so the decode threads keep serving held li
 waiting on Redis timeouts. Broken artifact bytes are remembered per version (a published version
 is immutable) and never downloaded again; a broken version offered by a swap is refused and the
 old version keeps serving.
+
+Besides models, the engine holds what this worker knows about lines in Redis, which the hot-swap
+thread keeps current: which lines exist (``directory``) and their late policies
+(``late_policies``).
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from memkd.precision import resolve_precision
 from memkd_stream.errors import ErrorCode, MemkdStreamError
 from memkd_stream.lines.errors import ChecksumMismatch, StoreUnavailable, UnknownLine
 from memkd_stream.log import get_logger
+from memkd_stream.worker.late_policies import LatePolicies
 from memkd_stream.worker.line_directory import LineDirectory
 from memkd_stream.worker.metrics import WorkerMetrics
 
@@ -143,6 +148,7 @@ class Engine:
         self.metrics = metrics if metrics is not None else WorkerMetrics()
         self.directory = LineDirectory(store, worker_settings.unknown_line_ttl_s)
         self.metrics.limit_lines_to(self.directory.knows)
+        self.late_policies = LatePolicies(worker_settings.late_policy)
         self.log = get_logger(__name__)
         self._lock = threading.Lock()
         self._cache: OrderedDict[str, LoadedLine] = OrderedDict()

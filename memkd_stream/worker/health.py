@@ -68,6 +68,17 @@ class Heartbeats:
             with self._lock:
                 del self._work[key]
 
+    def ages(self) -> dict[str, tuple[float, float]]:
+        """Every watched loop and running piece of work: (seconds since its beat or start, its
+        limit), the oldest piece per name (what ``/metrics`` shows next to ``/healthz``)."""
+        now = self._clock()
+        with self._lock:
+            out = {name: (now - at, limit) for name, (at, limit) in self._beats.items()}
+            for name, started, limit in self._work.values():
+                if name not in out or now - started > out[name][0]:
+                    out[name] = (now - started, limit)
+            return out
+
     def stale(self) -> dict[str, float]:
         """Loops and work past their limit, with seconds since the beat (or the start)."""
         now = self._clock()

@@ -11,6 +11,10 @@ Loading runs on this thread (``Engine.swap``), never on the worker's: the worker
 the old version and picks up the new one between batches. Lines the worker does not hold are
 ignored; they load on demand at their active version.
 
+The lines' late policy overrides (DESIGN.md §3) are read here too, so the inference thread never
+waits on Redis for them: all of them at every re-read (one MGET), and a line's own on every event
+naming it (``memkd-stream lines late-policy`` publishes one).
+
 Redis outages: the loop backs off (bounded, jittered) and keeps trying; it logs one warning when an
 outage starts and one info line when it ends, not one per retry.
 """
@@ -24,6 +28,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+from memkd_stream.contract.line_id import validate_line_id
 from memkd_stream.log import Logger, get_logger
 
 if TYPE_CHECKING:
@@ -181,25 +186,45 @@ class HotSwapper:
     def _on_event(self, data: Any) -> None:
         try:
             event = json.loads(data)
-            line = str(event["line"])
+            line = validate_line_id(str(event["line"]))  # BadLineId is a ValueError
         except (TypeError, ValueError, KeyError) as exc:
             self.log.warning("ignored a malformed line event", error=str(exc))
             return
         self.engine.line_activated(line)
+        self.engine.late_policies.set(line, self.store.late_policy(line))
         if line not in self.engine.held_lines():
             return
         # The event says which version was activated, but events can arrive late or be missed:
         # the line's current version in Redis is the truth.
         self._sync_line(line)
 
+    def prime(self) -> None:
+        """At start-up, before consuming: read the set of lines and their late policies, so the
+        first records are judged by the overrides. Redis down: logged; the re-reads retry."""
+        self.engine.directory.refresh()
+        try:
+            self.read_late_policies()
+        except Exception as exc:
+            self.log.warning(
+                "cannot read the lines' late policies; the global one applies until Redis answers",
+                error=str(exc),
+            )
+
     def reconcile(self) -> None:
         """Re-read the set of lines and ``current`` of every held line; swap those that changed."""
         self.engine.directory.refresh()
+        self.read_late_policies()
         for line in sorted(self.engine.held_lines()):
             if self._stop.is_set():
                 return
             self._sync_line(line)
         self.reconciles += 1
+
+    def read_late_policies(self) -> None:
+        """Re-read the late policy override of every known line (one round trip); Redis errors
+        propagate, and the overrides read last stay in force."""
+        lines = self.engine.directory.known_lines()
+        self.engine.late_policies.replace(self.store.late_policies(lines))
 
     def _sync_line(self, line: str) -> None:
         version = self.store.current(line)

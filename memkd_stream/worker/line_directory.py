@@ -46,6 +46,10 @@ class LineDirectory:
         known = self._known
         return known is not None and line in known
 
+    def known_lines(self) -> frozenset[str]:
+        """The set last read (empty before any read succeeded)."""
+        return self._known or frozenset()
+
     def may_exist(self, line: str) -> bool:
         """False when ``line`` is not in Redis: from the set last read, re-read when older than
         the TTL. True while no read has succeeded yet (the caller will find out when it loads)."""

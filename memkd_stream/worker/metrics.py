@@ -7,15 +7,23 @@ shows without reading results. One ``CollectorRegistry`` per ``WorkerMetrics`` (
 default), so tests and several workers in one process never collide.
 
 The engine and hot swapper call the line-cache hooks (``cache_hit``, ``cache_miss``, ``swap``,
-``swap_failed``, ``version_served``); the worker calls the rest.
+``swap_failed``, ``version_served``); the worker calls the rest. The heartbeat gauges are read
+from ``health.Heartbeats`` at scrape time, so an alert sees a thread going stale before the
+liveness probe restarts the pod, and after, in the restarts.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from memkd_stream.worker.health import Heartbeats
 
 __all__ = ["OTHER_LINES", "STAGES", "WorkerMetrics"]
 
@@ -37,8 +45,12 @@ _SCORE_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0
 class WorkerMetrics:
     """The worker's metrics on their own registry (served by ``health.HealthServer``)."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self, registry: CollectorRegistry | None = None, heartbeats: Heartbeats | None = None
+    ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
+        if heartbeats is not None:
+            self.registry.register(_HeartbeatCollector(heartbeats))
         self._line_exists: Callable[[str], bool] = lambda _line: True
         r = self.registry
         self.records_in = Counter(
@@ -146,6 +158,19 @@ class WorkerMetrics:
         self.line_anomalies = Counter(
             "memkd_line_anomalies", "Images scored anomalous per line", ["line"], registry=r
         )
+        self.line_records_in = Counter(
+            "memkd_line_records_in",
+            "Requests consumed per line (keys that are no line: _other)",
+            ["line"],
+            registry=r,
+        )
+        self.late_images = Counter(
+            "memkd_late_images",
+            "Images older than worker.max_age_ms when they would be scored, by the late policy "
+            "applied (score: scored with late_ms; dead-letter: dead-lettered stale)",
+            ["line", "policy"],
+            registry=r,
+        )
         self.line_score = Histogram(
             "memkd_line_score",
             "Raw image scores per line",
@@ -181,6 +206,13 @@ class WorkerMetrics:
     # ------------------------------------------------------------ worker hooks
     def record_in(self, n: int = 1) -> None:
         self.records_in.inc(n)
+
+    def line_record_in(self, line: str) -> None:
+        """A request of ``line`` parsed (the per-line traffic "no results" alerts compare to)."""
+        self.line_records_in.labels(self._line(line)).inc()
+
+    def late_image(self, line: str, policy: str) -> None:
+        self.late_images.labels(self._line(line), str(policy)).inc()
 
     def scored(self, line: str, version: int, score: float, anomalous: bool) -> None:
         """One image scored (counted when computed; delivery is counted by ``result_acked``)."""
@@ -220,3 +252,37 @@ class WorkerMetrics:
 
     def set_unavailable(self, line: str, unavailable: bool) -> None:
         self.line_unavailable.labels(self._line(line)).set(1 if unavailable else 0)
+
+
+class _HeartbeatCollector(Collector):
+    """``memkd_heartbeat_age_seconds`` and ``memkd_heartbeat_limit_seconds`` per watched thread,
+    read from the heartbeats when scraped: the thread is stuck (``/healthz`` fails) once the age
+    exceeds the limit."""
+
+    def __init__(self, heartbeats: Heartbeats) -> None:
+        self.heartbeats = heartbeats
+
+    def _families(self) -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+        age = GaugeMetricFamily(
+            "memkd_heartbeat_age_seconds",
+            "Seconds since the thread last made progress (a running decode or load: since it "
+            "started)",
+            labels=["thread"],
+        )
+        limit = GaugeMetricFamily(
+            "memkd_heartbeat_limit_seconds",
+            "The age past which the thread counts as stuck and /healthz fails",
+            labels=["thread"],
+        )
+        return age, limit
+
+    def describe(self) -> Iterator[Metric]:
+        yield from self._families()
+
+    def collect(self) -> Iterator[Metric]:
+        age, limit = self._families()
+        for thread, (seconds, stale_after) in sorted(self.heartbeats.ages().items()):
+            age.add_metric([thread], max(seconds, 0.0))
+            limit.add_metric([thread], stale_after)
+        yield age
+        yield limit

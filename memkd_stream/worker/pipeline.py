@@ -32,6 +32,7 @@ from memkd_stream.worker.decode import (
 )
 from memkd_stream.worker.device_guard import DeviceFault, DeviceGuard
 from memkd_stream.worker.engine import Engine, LoadedLine
+from memkd_stream.worker.late_images import LateImages
 from memkd_stream.worker.sink import ResultSink
 from memkd_stream.worker.work_item import ScoredBatch, WorkItem, is_current, log_fields
 
@@ -53,6 +54,7 @@ class Pipeline:
         self.decoder = decoder
         self.sink = sink
         self.guard = DeviceGuard(engine)
+        self.late = LateImages(ctx, engine.late_policies, sink)
         self.infer_q: queue.Queue[WorkItem] = queue.Queue()
         self.publish_q: queue.Queue[ScoredBatch | None] = queue.Queue()
         # decode pool -> consumer thread: ("park", item) and ("retry_done", item)
@@ -210,6 +212,7 @@ class Pipeline:
         if self.ctx.state.fatal is not None:
             return  # the circuit is open (or the run is over): leave the records uncommitted
         items = [it for it in group.items if is_current(self.ctx.tracker, it)]
+        items = self.late.admit(items)  # late images: marked, or dead-lettered `stale`
         if not items:
             return
         loaded = _loaded(items[0])
@@ -303,6 +306,7 @@ class Pipeline:
                 "total": (time.time() - request.received_at) * 1000.0,
             },
             worker=self.ctx.worker_id,
+            late_ms=item.late_ms,
         )
         key = request.line.encode("utf-8")
         headers = result_headers(request, key, value, self.sink.max_record_bytes)

@@ -40,6 +40,7 @@ class WorkItem:
     decoded_mono: float = 0.0
     decode_s: float = 0.0
     retry: bool = False
+    late_ms: float | None = None  # set when the image was late but its line still scores it
 
 
 @dataclass

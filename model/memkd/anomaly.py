@@ -11,12 +11,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from memkd.threshold import (
+    DEFAULT_RULE,
+    DEFAULT_TARGET_FPR,
+    best_f1_threshold,
+    expected_fpr,
+    threshold_for,
+)
 
 __all__ = [
     "AnomalyResult",
@@ -24,6 +32,7 @@ __all__ = [
     "anomaly_map",
     "anomaly_result",
     "gaussian_blur",
+    "image_scores",
     "render_mask",
 ]
 
@@ -73,22 +82,37 @@ def anomaly_map(
     return total
 
 
+def image_scores(maps: torch.Tensor, topk: float = 0.0) -> torch.Tensor:
+    """Scores [B] of blurred maps [B, 1, H, W]: the maximum, or with ``topk`` > 0 the mean of
+    that fraction of each map's highest pixels (at least one pixel)."""
+    flat = maps.flatten(1)
+    if topk <= 0:
+        return flat.amax(dim=1)
+    k = max(1, round(topk * flat.shape[1]))
+    return flat.topk(k, dim=1).values.mean(dim=1)
+
+
 def anomaly_result(
     teacher_feats: Sequence[torch.Tensor],
     student_feats: Sequence[torch.Tensor],
     size: int | tuple[int, int],
+    topk: float = 0.0,
 ) -> AnomalyResult:
-    """Blurred maps and image scores (max of each blurred map)."""
+    """Blurred maps and image scores (``image_scores``: the max, or a top-k mean)."""
     maps = gaussian_blur(anomaly_map(teacher_feats, student_feats, size))
-    return AnomalyResult(maps=maps, scores=maps.flatten(1).amax(dim=1))
+    return AnomalyResult(maps=maps, scores=image_scores(maps, topk))
 
 
 @dataclass(frozen=True)
 class Calibration:
     """Score statistics of held-out good images and the threshold chosen from them.
 
-    ``rule`` "mean_std": threshold = mean + k * std; "quantile": threshold = the q-quantile.
-    Both statistics are kept whatever the rule, so a line can be re-thresholded without refitting.
+    ``rule`` (``memkd.threshold``): "lognormal" / "normal" set the prediction bound for
+    ``target_fpr``; "mean_std" uses mean + k * std; "quantile" the q-quantile; "manual" a value
+    an operator chose. ``expected_fpr`` is the false-alarm rate the good-score model predicts at
+    the threshold. The held-out ``scores`` themselves are kept (a few dozen floats), so a line can
+    be moved to another target rate later without retraining (``retarget``). ``defects``: what
+    defective examples said, when the fit had some (``with_defects``).
     """
 
     threshold: float
@@ -100,11 +124,15 @@ class Calibration:
     k: float = 3.0
     q: float = 0.99
     max: float = 0.0
+    target_fpr: float | None = None
+    expected_fpr: float | None = None
+    scores: tuple[float, ...] = ()
+    defects: dict[str, float] | None = None
 
     @classmethod
     def from_scores(
         cls, scores: Sequence[float] | np.ndarray, rule: str = "mean_std", k: float = 3.0,
-        q: float = 0.99,
+        q: float = 0.99, target_fpr: float = DEFAULT_TARGET_FPR,
     ) -> Calibration:  # fmt: skip
         arr = np.asarray(scores, dtype=np.float64).ravel()
         if arr.size == 0 or not np.all(np.isfinite(arr)):
@@ -112,21 +140,61 @@ class Calibration:
         mean = float(arr.mean())
         std = float(arr.std(ddof=1)) if arr.size > 1 else 0.0
         quant = float(np.quantile(arr, q))
-        if rule == "mean_std":
-            threshold = mean + k * std
-        elif rule == "quantile":
-            threshold = quant
-        else:
-            raise ValueError(f"unknown threshold rule {rule!r}")
+        threshold = threshold_for(arr, rule, target_fpr, k=k, q=q)
         threshold = max(threshold, float(arr.max()) * 1e-6, 1e-12)
-        return cls(threshold, mean, std, quant, int(arr.size), rule, k, q, float(arr.max()))
+        return cls(
+            threshold, mean, std, quant, int(arr.size), rule, k, q, float(arr.max()),
+            target_fpr=target_fpr if rule in ("lognormal", "normal") else None,
+            expected_fpr=expected_fpr(arr, threshold, rule),
+            scores=tuple(round(float(v), 7) for v in arr),
+        )  # fmt: skip
+
+    def retarget(self, target_fpr: float, rule: str | None = None) -> Calibration:
+        """The same evidence, another target false-alarm rate (no retraining)."""
+        if not self.scores:
+            raise ValueError(
+                "this calibration does not keep its held-out scores (a line fitted before they "
+                "were stored): refit the line, or set the threshold by value"
+            )
+        new_rule = rule or (self.rule if self.rule in ("lognormal", "normal") else DEFAULT_RULE)
+        fresh = Calibration.from_scores(self.scores, new_rule, self.k, self.q, target_fpr)
+        return replace(fresh, defects=self.defects)
+
+    def with_threshold(self, value: float, rule: str = "manual") -> Calibration:
+        """A threshold set another way (by hand, from defects); its expected false-alarm rate
+        when the held-out scores are kept. What defects said no longer applies: ``with_defects``
+        again."""
+        if not value > 0 or not math.isfinite(value):
+            raise ValueError(f"a threshold must be a positive finite number, got {value}")
+        fpr = expected_fpr(self.scores, value, DEFAULT_RULE) if self.scores else None
+        return replace(self, threshold=float(value), rule=rule, target_fpr=None,
+                       expected_fpr=fpr, defects=None)  # fmt: skip
+
+    def with_defects(self, bad_scores: Sequence[float] | np.ndarray) -> Calibration:
+        """Record what defective examples say: the share this threshold catches, and the
+        threshold with the best F1 against the held-out good scores."""
+        bad = np.asarray(bad_scores, dtype=np.float64).ravel()
+        if bad.size == 0 or not self.scores:
+            return self
+        cut, f1, recall = best_f1_threshold(self.scores, bad)
+        caught = float(np.mean(bad >= self.threshold))
+        info = {"n": float(bad.size), "recall": caught, "miss_rate": 1.0 - caught,
+                "best_f1_threshold": cut, "best_f1": f1, "best_f1_recall": recall}  # fmt: skip
+        return replace(self, defects=info)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        data["scores"] = list(self.scores)
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Calibration:
-        return cls(**data)
+        """Fields this memkd does not know are ignored (a newer fit may add statistics; the
+        threshold is always a plain number)."""
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["scores"] = tuple(float(v) for v in values.get("scores") or ())
+        return cls(**values)
 
 
 def render_mask(map_hw: torch.Tensor | np.ndarray, threshold: float) -> np.ndarray:

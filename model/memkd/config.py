@@ -14,11 +14,14 @@ from typing import Any, Literal
 
 from memkd.errors import ConfigError
 from memkd.precision import Precision
+from memkd.threshold import DEFAULT_TARGET_FPR, RULES
 
 __all__ = ["ModelConfig", "TrainConfig"]
 
 Fusion = Literal["concat", "add"]
-ThresholdRule = Literal["mean_std", "quantile"]
+ThresholdRule = Literal["lognormal", "normal", "mean_std", "quantile"]
+MemoryInit = Literal["random", "data"]
+LrSchedule = Literal["constant", "cosine"]
 
 
 def _from_dict(cls: type, data: dict[str, Any]) -> Any:
@@ -41,6 +44,8 @@ class ModelConfig:
         memory_items: L, key/value pairs per memory.
         temperature: softmax temperature of the memory read (not given by the paper).
         fusion: how the recalled normality joins the student feature: "concat" (paper) or "add".
+        score_topk: the image score is the mean of this fraction of the blurred map's highest
+            pixels; 0 = its maximum (the paper's score).
     """
 
     backbone: str = "tf_efficientnet_lite0"
@@ -50,6 +55,7 @@ class ModelConfig:
     memory_items: int = 50
     temperature: float = 0.1
     fusion: Fusion = "concat"
+    score_topk: float = 0.0
 
     def __post_init__(self) -> None:
         if self.input_size < 64 or self.input_size % 32:
@@ -64,6 +70,8 @@ class ModelConfig:
             raise ConfigError(f"temperature must be > 0, got {self.temperature}")
         if self.fusion not in ("concat", "add"):
             raise ConfigError(f"fusion must be 'concat' or 'add', got {self.fusion!r}")
+        if not 0.0 <= self.score_topk < 1.0:
+            raise ConfigError(f"score_topk must be in [0, 1), got {self.score_topk}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -91,6 +99,16 @@ class TrainConfig:
 
     ``precision`` is the compute precision of the forward passes and of the calibration scores
     (``memkd.precision``: auto, fp32, bf16, fp16), not the artifact's storage dtype.
+
+    Memory (MEMKD.md §5): ``memory_init`` "random" draws keys and values from N(0, 1); "data"
+    starts both from teacher features of training pixels at the memory's stage, so the next
+    decoder stage never receives noise. ``memory_warmup`` blends the recalled values in linearly
+    over that fraction of the steps.
+
+    Schedule: ``lr_schedule`` "constant" or "cosine" (to zero over the run). ``early_stopping``
+    keeps the student whose held-out KD loss was lowest, checked every ``eval_every`` steps (0:
+    once per epoch); ``max_seconds`` bounds the training loop's wall time (the best student so
+    far is kept).
     """
 
     DEFAULT_STEPS = 300
@@ -109,10 +127,17 @@ class TrainConfig:
     threshold_rule: ThresholdRule = "mean_std"
     threshold_k: float = 3.0
     threshold_quantile: float = 0.99
+    target_fpr: float = DEFAULT_TARGET_FPR
     device: str | None = None
     precision: Precision = Precision.AUTO
     feature_cache_mb: int = 2048
     log_every: int = 10
+    memory_init: MemoryInit = "random"
+    memory_warmup: float = 0.0
+    lr_schedule: LrSchedule = "constant"
+    early_stopping: bool = False
+    eval_every: int = 0
+    max_seconds: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
@@ -130,22 +155,38 @@ class TrainConfig:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
         if not 0.0 <= self.holdout_fraction < 1.0:
             raise ConfigError(f"holdout_fraction must be in [0, 1), got {self.holdout_fraction}")
-        if self.threshold_rule not in ("mean_std", "quantile"):
+        if self.threshold_rule not in RULES:
             raise ConfigError(
-                f"threshold_rule must be 'mean_std' or 'quantile', got {self.threshold_rule!r}"
+                f"threshold_rule must be one of {', '.join(RULES)}, got {self.threshold_rule!r}"
             )
+        if not 0.0 < self.target_fpr < 1.0:
+            raise ConfigError(f"target_fpr must be in (0, 1), got {self.target_fpr}")
         if not 0.0 < self.threshold_quantile <= 1.0:
             raise ConfigError(
                 f"threshold_quantile must be in (0, 1], got {self.threshold_quantile}"
             )
+        if self.memory_init not in ("random", "data"):
+            raise ConfigError(f"memory_init must be 'random' or 'data', got {self.memory_init!r}")
+        if not 0.0 <= self.memory_warmup <= 1.0:
+            raise ConfigError(f"memory_warmup must be in [0, 1], got {self.memory_warmup}")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ConfigError(
+                f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}"
+            )
+        if self.eval_every < 0:
+            raise ConfigError(f"eval_every must be >= 0, got {self.eval_every}")
+        if self.max_seconds is not None and self.max_seconds <= 0:
+            raise ConfigError(f"max_seconds must be > 0, got {self.max_seconds}")
+
+    def steps_per_epoch(self, n_train: int) -> int:
+        return -(-n_train // min(self.batch_size, max(n_train, 1)))
 
     def total_steps(self, n_train: int) -> int:
         """Optimiser steps this config runs on ``n_train`` training images."""
         if self.steps is not None:
             return self.steps
         if self.epochs is not None:
-            per_epoch = -(-n_train // min(self.batch_size, n_train))
-            return self.epochs * per_epoch
+            return self.epochs * self.steps_per_epoch(n_train)
         return self.DEFAULT_STEPS
 
     def to_dict(self) -> dict[str, Any]:

@@ -143,7 +143,8 @@ class LineModel:
             with autocast(device, used):
                 t_feats = teacher(x)
                 s_feats = self.student(t_feats)
-            return anomaly_result(t_feats, s_feats, (int(x.shape[-2]), int(x.shape[-1])))
+            size = (int(x.shape[-2]), int(x.shape[-1]))
+            return anomaly_result(t_feats, s_feats, size, self.config.score_topk)
 
     def record(self) -> dict[str, Any]:
         """Everything of DESIGN.md §5 as a JSON-able dict (stored in the artifact header)."""

@@ -59,5 +59,29 @@ class NRMemory(nn.Module):
         """Teacher exemplar features rebuilt from the values (NEL; training only)."""
         return self._read(teacher, self.values)
 
+    @torch.no_grad()
+    def init_from(self, feats: torch.Tensor, generator: torch.Generator) -> None:
+        """Keys and values := L pixel features of ``feats`` [N, C, H, W], spread by k-means++
+        seeding on cosine distance (so rare normal patterns get an item too, not only the
+        commonest), from a random subsample of at most 8192 pixels."""
+        pixels = feats.detach().float().permute(0, 2, 3, 1).reshape(-1, feats.shape[1]).cpu()
+        if len(pixels) > 8192:
+            pixels = pixels[torch.randperm(len(pixels), generator=generator)[:8192]]
+        unit = F.normalize(pixels, dim=1)
+        chosen = [int(torch.randint(len(pixels), (1,), generator=generator))]
+        dist = 1.0 - unit @ unit[chosen[0]]
+        for _ in range(1, min(self.items, len(pixels))):
+            weights = dist.clamp(min=0).pow(2)
+            if float(weights.sum()) <= 0:
+                break
+            pick = int(torch.multinomial(weights, 1, generator=generator))
+            chosen.append(pick)
+            dist = torch.minimum(dist, 1.0 - unit @ unit[pick])
+        while len(chosen) < self.items:  # fewer distinct pixels than items: repeat some
+            chosen.append(chosen[len(chosen) % len(chosen)])
+        picked = pixels[torch.tensor(chosen)].to(self.keys.device, self.keys.dtype)
+        self.keys.copy_(picked)
+        self.values.copy_(picked)
+
     def extra_repr(self) -> str:
         return f"channels={self.channels}, items={self.items}, temperature={self.temperature}"

@@ -170,11 +170,16 @@ class MemKDStudent(nn.Module):
             if config.memory
             else []
         )
+        # How much of the recalled normality reaches the next stage: 1 except while training
+        # warms the memory up (TrainConfig.memory_warmup). Not saved: a trained student uses 1.
+        self.recall_gain = 1.0
 
     def _fuse(self, s: torch.Tensor, k: int) -> torch.Tensor:
         if not self.config.memory:
             return s
         r = self.memory_list[k].recall(s)
+        if self.recall_gain != 1.0:
+            r = r * self.recall_gain
         return torch.cat([s, r], dim=1) if self.config.fusion == "concat" else s + r
 
     @property

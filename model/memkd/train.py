@@ -179,15 +179,30 @@ def fit(
     student = MemKDStudent(mcfg, teacher.channels, teacher.spec.signed_features).to(device)
     if cuda:
         student = student.to(memory_format=torch.channels_last)
-    opt = torch.optim.Adam(student.parameters(), lr=tcfg.lr, betas=tcfg.betas)
     n_train = len(train_idx)
-    total = tcfg.total_steps(n_train)
     gen = torch.Generator().manual_seed(tcfg.seed)
+    if mcfg.memory and tcfg.memory_init == "data":
+        _init_memories(student, source, n_train, gen)
+    opt = torch.optim.Adam(student.parameters(), lr=tcfg.lr, betas=tcfg.betas)
+    total = tcfg.total_steps(n_train)
+    sched = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+        if tcfg.lr_schedule == "cosine"
+        else None
+    )
+    warmup_steps = round(tcfg.memory_warmup * total)
+    stopper = _EarlyStopping.create(tcfg, teacher, x_all[hold_idx], device, precision, n_train)
     batches = _batches(n_train, min(tcfg.batch_size, n_train), gen)
     history: list[dict[str, float]] = []
     losses: dict[str, float] = {}
+    stopped_by: str | None = None
+    step = 0
     student.train()
     for step in range(1, total + 1):
+        if tcfg.max_seconds is not None and time.perf_counter() - started > tcfg.max_seconds:
+            stopped_by, step = "max_seconds", step - 1
+            break
+        student.recall_gain = min(1.0, step / warmup_steps) if warmup_steps else 1.0
         t_feats = source.get(next(batches))
         with autocast(device, precision):
             s_feats = student(t_feats)
@@ -204,13 +219,21 @@ def fit(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if sched is not None:
+            sched.step()
         losses["loss"] = float(loss.detach())
         if not math.isfinite(losses["loss"]):
             raise FloatingPointError(f"training diverged at step {step} (loss {losses['loss']})")
+        due = stopper is not None and (step % stopper.every == 0 or step == total)
+        if stopper is not None and due and step >= warmup_steps:
+            losses["holdout_kd"] = stopper.check(student, step)
         if step % tcfg.log_every == 0 or step == total:
             history.append({"step": step, **losses})
         if progress is not None:
             progress(step, total, dict(losses))
+    student.recall_gain = 1.0
+    if stopper is not None:
+        stopper.restore(student)
     student.eval()
     train_seconds = time.perf_counter() - started
 
@@ -218,7 +241,7 @@ def fit(
     calib_idx, calib_source = (hold_idx, "holdout") if hold_idx else (train_idx, "train")
     scores = _score_all(model, teacher, x_all[calib_idx], precision)
     model.calibration = Calibration.from_scores(
-        scores, tcfg.threshold_rule, tcfg.threshold_k, tcfg.threshold_quantile
+        scores, tcfg.threshold_rule, tcfg.threshold_k, tcfg.threshold_quantile, tcfg.target_fpr
     )
     report = {
         "n_images": len(x_all),
@@ -231,6 +254,9 @@ def fit(
         "device": str(device),
         "precision": precision.value,
         "teacher_features_cached": source.cached,
+        "steps_run": step,
+        "stopped_by": stopped_by,
+        "best_step": stopper.best_step if stopper is not None else None,
         "train_seconds": round(train_seconds, 2),
         "final_losses": losses,
         "loss_history": history,
@@ -253,6 +279,53 @@ def fit(
         "metrics": {},
     }
     return FitResult(model=model, report=report)
+
+
+@torch.no_grad()
+def _init_memories(
+    student: MemKDStudent, source: _FeatureSource, n_train: int, gen: torch.Generator
+) -> None:
+    """Memory k starts from the teacher's features at the stage it recalls (MEMKD.md §5)."""
+    idx = torch.randperm(n_train, generator=gen)[: min(n_train, 64)]
+    feats = source.get(idx)
+    for memory, stage in zip(student.memory_list, (feats[2], feats[1]), strict=True):
+        memory.init_from(stage, gen)
+
+
+class _EarlyStopping:
+    """Keeps the student whose KD loss on the held-out good images was lowest (MEMKD.md §5)."""
+
+    def __init__(self, feats: list[torch.Tensor], every: int, precision: Precision) -> None:
+        self.feats, self.every, self.precision = feats, every, precision
+        self.best = math.inf
+        self.best_step = 0
+        self.best_state: dict[str, torch.Tensor] | None = None
+
+    @classmethod
+    def create(
+        cls, tcfg: TrainConfig, teacher: Teacher, x_hold: torch.Tensor, device: torch.device,
+        precision: Precision, n_train: int,
+    ) -> _EarlyStopping | None:  # fmt: skip
+        if not tcfg.early_stopping or len(x_hold) == 0:
+            return None  # nothing held out: nothing to stop on
+        source = _FeatureSource(teacher, x_hold, device, 2**20, precision)
+        every = tcfg.eval_every or tcfg.steps_per_epoch(n_train)
+        return cls(source.get(torch.arange(len(x_hold))), every, precision)
+
+    @torch.no_grad()
+    def check(self, student: MemKDStudent, step: int) -> float:
+        student.eval()
+        with autocast(self.feats[0].device, self.precision):
+            loss = float(kd_loss(self.feats, student(self.feats)))
+        student.train()
+        if loss < self.best:
+            self.best, self.best_step = loss, step
+            self.best_state = {k: v.detach().clone() for k, v in student.state_dict().items()}
+        return loss
+
+    def restore(self, student: MemKDStudent) -> None:
+        if self.best_state is not None:
+            student.load_state_dict(self.best_state)
 
 
 def _score_all(

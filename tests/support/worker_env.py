@@ -225,6 +225,7 @@ class ThreadWorker:
         engine.preload(list(settings.worker.preload_lines))
         worker = Worker(settings, engine, metrics=metrics)
         swapper = HotSwapper(store, engine, settings.worker.refresh_interval_s)
+        swapper.prime()
         swapper.start()
         result: dict[str, int] = {}
         thread = threading.Thread(

@@ -13,6 +13,7 @@ import pytest
 import redis
 
 from memkd_stream.contract.errors import BadLineId
+from memkd_stream.contract.lateness import LatePolicy
 from memkd_stream.lines.errors import (
     ArtifactRejected,
     ChecksumMismatch,
@@ -293,6 +294,45 @@ def test_each_activation_publishes_one_event(store, make_artifact, redis_client)
         {"line": "A", "version": 2, "action": "activate"},
         {"line": "A", "version": 1, "action": "rollback"},
     ]
+
+
+def test_late_policy_overrides_are_line_keys_with_an_event(
+    store, make_artifact, redis_client, redis_prefix
+):
+    store.publish("A", make_artifact())
+    store.publish("B", make_artifact(), activate=False)
+    pubsub = redis_client.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(store.events_channel)
+    try:
+        assert pubsub.get_message(timeout=1.0) is None  # subscribed
+        store.set_late_policy("A", LatePolicy.DEAD_LETTER)
+        store.set_late_policy("B", LatePolicy.SCORE)
+        events = []
+        deadline = time.monotonic() + 5
+        while len(events) < 2 and time.monotonic() < deadline:
+            msg = pubsub.get_message(timeout=0.5)
+            if msg:
+                events.append(json.loads(msg["data"]))
+    finally:
+        pubsub.close()
+    assert events == [
+        {"line": "A", "version": 1, "action": "late-policy"},
+        {"line": "B", "version": None, "action": "late-policy"},  # B has no active version
+    ]
+    assert redis_client.get(f"{redis_prefix}line:A:late_policy") == b"dead-letter"
+    assert store.late_policy("A") is LatePolicy.DEAD_LETTER
+    assert store.late_policies(["A", "B", "C"]) == {
+        "A": LatePolicy.DEAD_LETTER,
+        "B": LatePolicy.SCORE,
+    }
+    store.set_late_policy("B", None)
+    assert store.late_policy("B") is None
+    redis_client.set(f"{redis_prefix}line:B:late_policy", b"maybe")  # not ours: no override
+    assert store.late_policies(["A", "B"]) == {"A": LatePolicy.DEAD_LETTER}
+    assert store.late_policies([]) == {}
+    with pytest.raises(UnknownLine, match="nope"):
+        store.set_late_policy("nope", LatePolicy.SCORE)
+    assert redis_client.get(f"{redis_prefix}line:nope:late_policy") is None
 
 
 def test_unreachable_redis_is_one_clear_error_in_bounded_time():

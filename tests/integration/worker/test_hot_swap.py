@@ -8,6 +8,7 @@ threshold, so each check also proves which model object actually serves.
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -128,7 +129,7 @@ def _wait_for(condition: Callable[[], bool], timeout_s: float = SWAP_DEADLINE_S)
 
 
 def _threshold(engine: Engine, line: str = "A") -> float:
-    return engine.get_line(line).model.threshold
+    return engine.get_line(line, wait_s=None).model.threshold
 
 
 def test_activation_event_swaps_within_seconds(
@@ -139,7 +140,7 @@ def test_activation_event_swaps_within_seconds(
     start_swapper,
 ) -> None:
     store.publish("A", artifacts["v1"], who="test")
-    old = engine.get_line("A")
+    old = engine.get_line("A", wait_s=None)
     assert old.version == 1
     swapper = start_swapper(refresh_interval_s=60.0)  # no periodic re-read during this test
     _wait_for(lambda: swapper.connected)
@@ -148,7 +149,7 @@ def test_activation_event_swaps_within_seconds(
     took = _wait_for(lambda: engine.held_lines() == {"A": 2})
 
     assert took < SWAP_DEADLINE_S
-    new = engine.get_line("A")
+    new = engine.get_line("A", wait_s=None)
     assert new.model_version == "A@2"
     assert new.model.threshold == pytest.approx(2 * old.model.threshold)
     _wait_for(lambda: metrics.named("swap") == [("A", 2)])  # counted just after the swap
@@ -161,7 +162,7 @@ def test_event_missed_while_stopped_is_picked_up_on_subscribe(
     store: LineStore, engine: Engine, artifacts: dict[str, Path], start_swapper
 ) -> None:
     store.publish("A", artifacts["v1"], who="test")
-    engine.get_line("A")
+    engine.get_line("A", wait_s=None)
     store.publish("A", artifacts["v2"], who="test")  # nobody is subscribed: the event is lost
     assert engine.held_lines() == {"A": 1}
 
@@ -179,7 +180,7 @@ def test_activation_without_event_is_picked_up_by_the_periodic_reread(
 ) -> None:
     store.publish("A", artifacts["v1"], who="test")
     store.publish("A", artifacts["v2"], activate=False, who="test")
-    engine.get_line("A")
+    engine.get_line("A", wait_s=None)
     swapper = start_swapper(refresh_interval_s=0.5)
     _wait_for(lambda: swapper.reconciles >= 1)
     assert engine.held_lines() == {"A": 1}
@@ -194,7 +195,7 @@ def test_rollback_event_swaps_back(
 ) -> None:
     store.publish("A", artifacts["v1"], who="test")
     store.publish("A", artifacts["v2"], who="test")
-    assert engine.get_line("A").version == 2
+    assert engine.get_line("A", wait_s=None).version == 2
     swapper = start_swapper()
     _wait_for(lambda: swapper.connected)
     assert store.rollback("A", who="test") == 1
@@ -212,7 +213,7 @@ def test_broken_artifact_is_refused_and_the_old_version_keeps_serving(
 ) -> None:
     store.publish("A", artifacts["v1"], who="test")
     store.publish("A", artifacts["v2"], who="test")
-    serving = engine.get_line("A")
+    serving = engine.get_line("A", wait_s=None)
     store.publish("A", artifacts["v1"], activate=False, who="test")  # v3, then damaged in Redis
     chunk = f"{redis_prefix}line:A:v:3:chunk:1"
     damaged = bytearray(redis_client.get(chunk))
@@ -225,7 +226,7 @@ def test_broken_artifact_is_refused_and_the_old_version_keeps_serving(
     _wait_for(lambda: metrics.named("swap_failed") == [("A",)])
 
     assert engine.held_lines() == {"A": 2}
-    assert engine.get_line("A") is serving
+    assert engine.get_line("A", wait_s=None) is serving
     size = engine.preprocess_params(serving)[0]
     assert engine.score(serving, torch.zeros(1, 3, size, size)).scores.isfinite().all()
     # The periodic re-read sees current=3 again and again but never refetches the broken bytes.
@@ -245,15 +246,18 @@ def test_lines_not_held_and_malformed_events_are_ignored(
     start_swapper,
 ) -> None:
     store.publish("A", artifacts["v1"], who="test")
-    engine.get_line("A")
+    engine.get_line("A", wait_s=None)
     swapper = start_swapper(refresh_interval_s=0.2)
     _wait_for(lambda: swapper.connected)
     store.publish("B", artifacts["v1"], who="test")
     store.publish("B", artifacts["v2"], who="test")
     redis_client.publish(store.events_channel, b"not json")  # a stray publisher on the channel
+    bogus = {"line": "no line:id", "version": 1, "action": "late-policy"}
+    redis_client.publish(store.events_channel, json.dumps(bogus))
     before = swapper.reconciles
     _wait_for(lambda: swapper.reconciles >= before + 2)
     assert engine.held_lines() == {"A": 1}
+    assert not engine.directory.knows("no line:id")  # never a line, a label or a Redis key
     assert swapper.alive and swapper.connected
     store.publish("A", artifacts["v2"], who="test")  # still following the held line
     _wait_for(lambda: engine.held_lines() == {"A": 2})
@@ -278,7 +282,7 @@ def test_redis_outage_is_logged_once_then_recovery_rereads(
     store: LineStore, engine: Engine, artifacts: dict[str, Path], redis_client: redis.Redis
 ) -> None:
     store.publish("A", artifacts["v1"], who="test")
-    engine.get_line("A")
+    engine.get_line("A", wait_s=None)
     store.publish("A", artifacts["v2"], who="test")  # happens during the outage
     log = RecordingLog()
     flaky = FlakyClient(redis_client, failures=4)

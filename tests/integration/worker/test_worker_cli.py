@@ -84,7 +84,7 @@ def test_missing_topics_fail_fast_with_a_hint(worker_env: WorkerEnv, tmp_path: P
         "MEMKD_KAFKA__INSPECT_TOPIC": f"{worker_env.inspect}.missing",
     }
     missing = WorkerEnv(worker_env.suffix, worker_env.partitions, {**worker_env.env, **gone})
-    for args in (("results",), ("produce", "--line", "A", str(image))):
+    for args in (("results",), ("produce", "--line", "A", str(image)), ("dlq", "replay")):
         started = time.monotonic()
         done = _run(missing, *args)
         assert done.returncode == 1, (args, done.stdout, done.stderr)
@@ -106,6 +106,7 @@ def test_dead_broker_fails_in_one_line_within_the_connect_timeout(
         ("results",),
         ("results", "--follow"),
         ("produce", "--line", "A", str(image)),
+        ("dlq", "replay"),
     ):
         started = time.monotonic()
         done = _run(down, *args, "--connect-timeout", "2")

@@ -263,7 +263,7 @@ def test_invented_line_ids_leave_metrics_state_and_redis_reads_bounded(
         results, dead = _outputs(worker_env, n + 2)
         series_after, calls_after = _series(registry), _redis_calls(worker_env)
         engine = worker.worker.engine
-        held_state = (len(engine._line_locks), len(worker.worker.pipeline._unavailable_since))
+        held_state = (len(engine._loads), len(worker.worker.pipeline._unavailable_since))
     finally:
         assert worker.stop() == 0
     assert set(results) == {"first", "last"}

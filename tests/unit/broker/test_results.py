@@ -28,3 +28,11 @@ def test_a_dead_letter_is_read_from_its_headers_not_its_image() -> None:
     assert doc["error"] == "decode-error" and doc["detail"] == "not a recognised image"
     assert doc["id"] == doc["source"] == "memkd.inspect:0:7"  # no memkd-id: the source names it
     assert doc["line"] == "A"
+    assert doc["replay_count"] == 0  # never replayed
+
+
+def test_a_dead_letter_shows_how_often_it_was_replayed() -> None:
+    headers = [("memkd-error", b"line-unavailable"), ("memkd-replay-count", b"2")]
+    assert parse_record(b"img", headers, "A")["replay_count"] == 2
+    garbled = [("memkd-error", b"stale"), ("memkd-replay-count", b"lots")]
+    assert parse_record(b"img", garbled, "A")["replay_count"] is None

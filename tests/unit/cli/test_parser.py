@@ -17,7 +17,9 @@ COMMANDS = [
     ["eval"],
     ["lines"],
     *[["lines", action] for action in ("list", "show", "history", "activate", "rollback")],
-    *[["lines", action] for action in ("delete", "publish", "export")],
+    *[["lines", action] for action in ("delete", "publish", "export", "late-policy")],
+    ["dlq"],
+    ["dlq", "replay"],
 ]
 
 
@@ -41,6 +43,10 @@ def test_every_command_has_help(command, capsys):
         ["fit", "--line", "A", "--data", "d", "--roi", "1,2,3"],
         ["fit", "--line", "A", "--data", "d", "--backbone", "resnet18"],
         ["fit", "--line", "A", "--data", "d", "--precision", "half"],
+        ["fit", "--line", "A", "--data", "d", "--target-fpr", "1.5"],
+        ["fit", "--line", "A", "--data", "d", "--target-fpr", "1%"],
+        ["fit", "--line", "A", "--data", "d", "--threshold-rule", "median"],
+        ["fit", "--line", "A", "--data", "d", "--threshold-from", "both"],
         ["eval", "--artifact", "x.safetensors", "--data", "d", "--precision", "fp64"],
         ["eval", "--line", "A", "--artifact", "x.safetensors", "--data", "d"],
         ["eval", "--data", "d"],
@@ -51,6 +57,12 @@ def test_every_command_has_help(command, capsys):
         ["data", "synth", "--out", "d", "--n-train", "-3"],
         ["data", "synth", "--out", "d", "--size", "10"],
         ["lines", "show", "-bad"],
+        ["lines", "late-policy", "A", "sometimes"],
+        ["lines", "late-policy", "A", "score", "--clear"],
+        ["dlq", "replay", "--code", "no-such-code"],
+        ["dlq", "replay", "--since", "last tuesday"],
+        ["dlq", "replay", "--since", "15 minutes"],
+        ["dlq", "replay", "--line", "bad:id"],
         ["--log-level", "LOUD", "lines", "list"],
     ],
 )
@@ -143,3 +155,24 @@ def test_unreachable_kafka_is_one_line_naming_the_setting(monkeypatch, capsys):
 def test_version(capsys):
     assert main(["--version"]) == 0
     assert capsys.readouterr().out.startswith("memkd-stream ")
+
+
+def test_threshold_from_defects_without_any_is_a_usage_error(tmp_path, capsys):
+    from PIL import Image
+
+    for i in range(8):
+        Image.new("RGB", (64, 64), (i * 20, 90, 90)).save(tmp_path / f"{i}.png")
+    argv = ["fit", "--line", "A", "--data", str(tmp_path), "--no-publish", "--device", "cpu"]
+    assert main([*argv, "--threshold-from", "defects"]) == 2
+    assert "needs defective examples" in capsys.readouterr().err
+
+
+def test_the_threshold_names_match_memkds() -> None:
+    """fit spells memkd.threshold's names so that --help never imports torch: keep them equal."""
+    from memkd.threshold import DEFAULT_RULE, DEFAULT_TARGET_FPR, RULES
+
+    from memkd_stream.cli import fit
+
+    assert (fit.RULES, fit.DEFAULT_RULE, fit.DEFAULT_TARGET_FPR) == (
+        RULES, DEFAULT_RULE, DEFAULT_TARGET_FPR
+    )  # fmt: skip

@@ -48,8 +48,11 @@ def test_rows_for_results_and_dead_letters() -> None:
     }  # fmt: skip
     assert _row(result)[-1] == "ANOMALOUS"
     assert _brief(result)["mask"] == {"format": "png", "bytes": 2}
-    dead = {"id": "y", "line": "A", "error": "decode-error"}
-    assert _row(dead)[-1] == "DLQ decode-error"
+    dead = {
+        "id": "y", "line": "A", "error": "line-unavailable", "replay_count": 2,
+        "source": "memkd.inspect:0:7", "detail": "Redis down",
+    }  # fmt: skip
+    assert _row(dead) == ["y", "A", "line-unavailable", "2", "memkd.inspect:0:7", "Redis down"]
 
 
 def test_plural() -> None:

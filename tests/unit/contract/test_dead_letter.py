@@ -93,6 +93,7 @@ def test_dead_letter_codes_are_the_contract_codes() -> None:
         "bad-header",
         "model-error",
         "unreadable-record",
+        "stale",
     ]
     with pytest.raises(ValueError, match="unknown dead-letter code"):
         dead_letter("t", 0, 0, b"A", b"v", None, "oops", "x", 10)

@@ -1,7 +1,8 @@
 """Offline checks of deploy/k8s: load, render and validate the manifests users apply.
 
 No cluster and no kustomize binary here, so `render_k8s_dir` does the part of `kubectl apply -k`
-the checks need (resources, namespace, labels, images), and `check_k8s_dir` validates every
+the checks need (resources, config map generators, namespace, labels, images), and
+`check_k8s_dir` validates every
 document: core kinds against the Kubernetes OpenAPI schemas shipped by kubernetes-validate
 (strict: unknown fields fail), KEDA and Prometheus Operator kinds against deploy/schemas, plus
 the API-server rules the OpenAPI schemas do not express (a container needs an image).
@@ -38,6 +39,7 @@ CRD_SCHEMAS: dict[tuple[str, str], str] = {
     ("keda.sh/v1alpha1", "ScaledObject"): "keda.sh_v1alpha1_scaledobject.json",
     ("keda.sh/v1alpha1", "TriggerAuthentication"): "keda.sh_v1alpha1_triggerauthentication.json",
     ("monitoring.coreos.com/v1", "ServiceMonitor"): "monitoring.coreos.com_v1_servicemonitor.json",
+    ("monitoring.coreos.com/v1", "PrometheusRule"): "monitoring.coreos.com_v1_prometheusrule.json",
 }
 CLUSTER_SCOPED_KINDS = {"Namespace"}
 POD_TEMPLATE_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job"}
@@ -86,6 +88,28 @@ def pod_spec(doc: dict[str, Any]) -> dict[str, Any] | None:
     return doc.get("spec", {}).get("template", {}).get("spec")
 
 
+def generated_config_maps(k8s_dir: Path, kustomization: dict[str, Any]) -> list[Manifest]:
+    """The ConfigMaps of ``configMapGenerator`` (files and literals), named as kustomize names
+    them when ``disableNameSuffixHash`` is set; a hashed name cannot be predicted here, so it is
+    refused rather than guessed."""
+    out: list[Manifest] = []
+    for generator in kustomization.get("configMapGenerator", []):
+        options = generator.get("options", {})
+        if not options.get("disableNameSuffixHash"):
+            raise ValueError(f"configMapGenerator {generator['name']}: set disableNameSuffixHash")
+        data: dict[str, str] = {}
+        for entry in generator.get("files", []):
+            key, _, path = entry.rpartition("=")
+            data[key or Path(path).name] = (k8s_dir / path).read_text()
+        for literal in generator.get("literals", []):
+            key, _, value = literal.partition("=")
+            data[key] = value
+        meta = {"name": generator["name"], "labels": dict(options.get("labels", {}))}
+        doc = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": data}
+        out.append(Manifest(f"configMapGenerator:{generator['name']}", doc))
+    return out
+
+
 def render_k8s_dir(k8s_dir: Path) -> list[Manifest]:
     """What `kubectl apply -k k8s_dir` would send, for the transformers this repo uses."""
     kustomization = load_kustomization(k8s_dir)
@@ -93,18 +117,22 @@ def render_k8s_dir(k8s_dir: Path) -> list[Manifest]:
     extra_labels: dict[str, str] = {}
     for entry in kustomization.get("labels", []):
         extra_labels.update(entry.get("pairs", {}))
+    sources = [
+        Manifest(resource, raw)
+        for resource in kustomization.get("resources", [])
+        for raw in load_documents(k8s_dir / resource)
+    ]
     rendered: list[Manifest] = []
-    for resource in kustomization.get("resources", []):
-        for raw in load_documents(k8s_dir / resource):
-            doc = copy.deepcopy(raw)
-            meta = doc.setdefault("metadata", {})
-            if namespace and doc.get("kind") not in CLUSTER_SCOPED_KINDS:
-                meta["namespace"] = namespace
-            meta.setdefault("labels", {}).update(extra_labels)
-            spec = pod_spec(doc)
-            for container in (spec or {}).get("containers", []):
-                _apply_image(container, kustomization.get("images", []))
-            rendered.append(Manifest(resource, doc))
+    for source in [*sources, *generated_config_maps(k8s_dir, kustomization)]:
+        doc = copy.deepcopy(source.doc)
+        meta = doc.setdefault("metadata", {})
+        if namespace and doc.get("kind") not in CLUSTER_SCOPED_KINDS:
+            meta["namespace"] = namespace
+        meta.setdefault("labels", {}).update(extra_labels)
+        spec = pod_spec(doc)
+        for container in (spec or {}).get("containers", []):
+            _apply_image(container, kustomization.get("images", []))
+        rendered.append(Manifest(source.source, doc))
     return rendered
 
 

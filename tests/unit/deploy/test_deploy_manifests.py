@@ -45,7 +45,15 @@ def test_every_manifest_is_in_the_kustomization_or_a_known_template() -> None:
     assert kustomization["apiVersion"] == "kustomize.config.k8s.io/v1beta1"
     assert kustomization["kind"] == "Kustomization"
     # The fields render_k8s_dir understands; anything else would be applied but not checked.
-    known = {"apiVersion", "kind", "namespace", "labels", "resources", "images"}
+    known = {
+        "apiVersion",
+        "kind",
+        "namespace",
+        "labels",
+        "resources",
+        "images",
+        "configMapGenerator",
+    }
     assert set(kustomization) <= known, set(kustomization) - known
     listed = set(kustomization["resources"])
     for resource in listed:
@@ -259,6 +267,13 @@ BREAKAGES = {
     "auth-ref-without-key": ("TriggerAuthentication", _set("spec.secretTargetRef.0.key", ...)),
     "bad-interval": ("ServiceMonitor", _set("spec.endpoints.0.interval", "15 seconds")),
     "monitor-typo": ("ServiceMonitor", _set("spec.endpoint", [])),
+    "rule-bad-for": ("PrometheusRule", _set("spec.groups.1.rules.0.for", "15 minutes")),
+    "rule-alert-and-record": ("PrometheusRule", _set("spec.groups.1.rules.0.record", "x:y")),
+    "rule-without-expr": ("PrometheusRule", _set("spec.groups.1.rules.0.expr", ...)),
+    "rule-misspelt-field": ("PrometheusRule", _set("spec.groups.1.rules.0.annotation", {})),
+    "record-with-for": ("PrometheusRule", _set("spec.groups.0.rules.0.for", "5m")),
+    "group-without-name": ("PrometheusRule", _set("spec.groups.0.name", ...)),
+    "configmap-data-not-text": ("ConfigMap", _set("data", {"dashboard.json": 7})),
 }
 
 

@@ -76,3 +76,14 @@ def test_render_mask_puts_the_threshold_at_128() -> None:
         render_mask(m, 0.0)
     with pytest.raises(ValueError):
         render_mask(torch.zeros(2, 3, 3), thr)
+
+
+def test_topk_score_is_the_mean_of_the_highest_pixels() -> None:
+    from memkd.anomaly import image_scores
+
+    maps = torch.zeros(2, 1, 10, 10)
+    maps[0, 0, 0, :5] = torch.tensor([5.0, 4.0, 3.0, 2.0, 1.0])
+    maps[1, 0, 3, 3] = 9.0
+    torch.testing.assert_close(image_scores(maps), torch.tensor([5.0, 9.0]))
+    torch.testing.assert_close(image_scores(maps, 0.03), torch.tensor([4.0, 3.0]))  # 3 pixels
+    torch.testing.assert_close(image_scores(maps, 0.001), torch.tensor([5.0, 9.0]))  # >= 1

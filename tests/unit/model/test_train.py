@@ -81,3 +81,78 @@ def test_schedule_and_holdout_arithmetic() -> None:
     assert holdout_split(1, TrainConfig()) == ([0], [])
     assert len(holdout_split(10, TrainConfig())[1]) == 2
     assert holdout_split(10, TrainConfig(holdout_fraction=0.0))[1] == []
+
+
+def test_memory_from_data_starts_at_teacher_features(lite0: Teacher) -> None:
+    """memory_init="data": before any step, every key and value is a teacher pixel feature of
+    the memory's stage (stage 3 for the first memory, stage 2 for the second)."""
+    imgs = _crops(8)
+    tcfg = TrainConfig(steps=1, lr=1e-12, batch_size=4, exemplars=2, memory_init="data",
+                       precision="fp32", holdout_fraction=0.0)  # fmt: skip
+    student = fit(imgs, CFG, tcfg, lite0).model.student
+    from memkd.train import load_batch
+
+    with torch.no_grad():
+        feats = lite0(load_batch(imgs, 64, lite0.mean, lite0.std))
+    for memory, stage in zip(student.memory_list, (feats[2], feats[1]), strict=True):
+        pixels = torch.nn.functional.normalize(
+            stage.permute(0, 2, 3, 1).reshape(-1, stage.shape[1]), dim=1
+        )
+        keys = torch.nn.functional.normalize(memory.keys.detach(), dim=1)
+        assert (keys @ pixels.t()).amax(dim=1).min() > 0.999  # each key is one of the pixels
+        torch.testing.assert_close(memory.keys, memory.values)
+
+
+def test_early_stopping_keeps_the_best_held_out_student(lite0: Teacher) -> None:
+    tcfg = TrainConfig(steps=12, batch_size=4, exemplars=2, early_stopping=True, eval_every=3,
+                       holdout_fraction=0.25, log_every=1, precision="fp32")  # fmt: skip
+    res = fit(_crops(12), CFG, tcfg, lite0)
+    checked = {h["step"]: h["holdout_kd"] for h in res.report["loss_history"] if "holdout_kd" in h}
+    assert sorted(checked) == [3, 6, 9, 12]
+    best = min(checked, key=lambda s: checked[s])
+    assert res.report["best_step"] == best
+
+
+def test_cosine_schedule_ends_near_zero_and_time_bound_stops_early(lite0: Teacher) -> None:
+    seen: list[float] = []
+    tcfg = TrainConfig(steps=5, batch_size=4, exemplars=2, lr_schedule="cosine")
+    res = fit(_crops(8), CFG, tcfg, lite0)
+    assert res.report["steps_run"] == 5 and res.report["stopped_by"] is None
+    bounded = TrainConfig(steps=10_000, batch_size=4, exemplars=2, max_seconds=0.5)
+    res = fit(_crops(8), CFG, bounded, lite0, progress=lambda s, t, d: seen.append(s))
+    assert res.report["stopped_by"] == "max_seconds" and res.report["steps_run"] < 10_000
+    assert res.model.calibration is not None
+
+
+def test_memory_warmup_blends_the_recall_in(lite0: Teacher) -> None:
+    gains: list[float] = []
+    tcfg = TrainConfig(steps=10, batch_size=4, exemplars=2, memory_warmup=0.5)
+    from memkd.network import MemKDStudent
+
+    original = MemKDStudent._fuse
+
+    def spy(self: MemKDStudent, s: torch.Tensor, k: int) -> torch.Tensor:
+        if self.training and k == 0:
+            gains.append(self.recall_gain)
+        return original(self, s, k)
+
+    MemKDStudent._fuse = spy  # type: ignore[method-assign]
+    try:
+        model = fit(_crops(8), CFG, tcfg, lite0).model
+    finally:
+        MemKDStudent._fuse = original  # type: ignore[method-assign]
+    assert gains[:5] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0]) and set(gains[5:]) == {1.0}
+    assert model.student.recall_gain == 1.0
+
+
+def test_the_accuracy_defaults_work_for_the_paper_teacher(wrn_random: Teacher) -> None:
+    """WRN50's weights cannot be had here, so its accuracy is not measured; its code path is:
+    memory from data, warm-up, cosine lr, early stopping, top-k score, the threshold rule."""
+    tcfg = TrainConfig(steps=3, batch_size=2, exemplars=2, memory_init="data", memory_warmup=0.3,
+                       lr_schedule="cosine", early_stopping=True, eval_every=1,
+                       threshold_rule="lognormal", holdout_fraction=0.5)  # fmt: skip
+    mcfg = ModelConfig(backbone="wide_resnet50_2", input_size=64, memory_items=4, score_topk=0.01)
+    res = fit(_crops(6), mcfg, tcfg, wrn_random)
+    cal = res.model.calibration
+    assert cal is not None and cal.rule == "lognormal" and len(cal.scores) == 3
+    assert res.report["best_step"] in (1, 2, 3)

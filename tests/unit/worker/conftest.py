@@ -7,8 +7,10 @@ from types import SimpleNamespace
 
 import pytest
 
+from memkd_stream.contract.lateness import LatePolicy
 from memkd_stream.settings import load_settings
 from memkd_stream.worker.app import Worker
+from memkd_stream.worker.late_policies import LatePolicies
 from tests.support.worker_parts import TP0, TP1, FakeConsumer
 
 
@@ -19,7 +21,7 @@ def worker(monkeypatch: pytest.MonkeyPatch) -> Worker:
             monkeypatch.delenv(key)
     monkeypatch.setenv("MEMKD_WORKER__QUEUE_MAX_RECORDS", "8")
     monkeypatch.setenv("MEMKD_WORKER__REBALANCE_BUDGET_S", "0.5")
-    engine = SimpleNamespace(teachers_loaded=True)
-    w = Worker(load_settings(), engine)  # type: ignore[arg-type]  # only teachers_loaded is read
+    engine = SimpleNamespace(teachers_loaded=True, late_policies=LatePolicies(LatePolicy.SCORE))
+    w = Worker(load_settings(), engine)  # type: ignore[arg-type]  # no model is ever scored
     w.state.consumer = FakeConsumer({TP0, TP1})
     return w

@@ -148,11 +148,11 @@ def test_miss_loads_the_active_version_then_hits(teachers_built: list[str]) -> N
     store.add("A", 1)
     store.add("A", 7)
     engine = _engine(store, metrics=metrics)
-    loaded = engine.get_line("A")
+    loaded = engine.get_line("A", wait_s=None)
     assert isinstance(loaded, LoadedLine)
     assert (loaded.line, loaded.version, loaded.backbone) == ("A", 7, LITE0)
     assert loaded.model_version == "A@7"
-    assert engine.get_line("A") is loaded
+    assert engine.get_line("A", wait_s=None) is loaded
     assert store.fetches == 1
     assert metrics.named("cache_miss") == [("A",)]
     assert metrics.named("cache_hit") == [("A",)]
@@ -163,7 +163,7 @@ def test_miss_loads_the_active_version_then_hits(teachers_built: list[str]) -> N
 def test_unknown_line_is_not_unavailable(teachers_built: list[str]) -> None:
     engine = _engine(FakeStore())
     with pytest.raises(UnknownLine) as exc:
-        engine.get_line("nope")
+        engine.get_line("nope", wait_s=None)
     assert exc.value.code == "unknown-line"
 
 
@@ -185,15 +185,15 @@ def test_store_down_makes_a_line_unavailable_and_misses_fail_fast(
     store.current = counting_current  # type: ignore[method-assign]
     engine = _engine(store)
     with pytest.raises(LineUnavailable) as exc:
-        engine.get_line("A")
+        engine.get_line("A", wait_s=None)
     assert exc.value.code == "line-unavailable"
     # Within the retry window a miss does not wait on Redis again (decode threads stay free).
     with pytest.raises(LineUnavailable, match="next attempt"):
-        engine.get_line("A")
+        engine.get_line("A", wait_s=None)
     assert calls == 1
     store.down = False
     time.sleep(0.25)
-    assert engine.get_line("A").version == 1  # loads once Redis is back
+    assert engine.get_line("A", wait_s=None).version == 1  # loads once Redis is back
     assert calls == 2
 
 
@@ -202,21 +202,21 @@ def test_broken_active_artifact_makes_the_line_unavailable(teachers_built: list[
     store.add("A", 1, tag=b"broken")
     engine = _engine(store)
     with pytest.raises(LineUnavailable, match="A@1"):
-        engine.get_line("A")
+        engine.get_line("A", wait_s=None)
     with pytest.raises(LineUnavailable, match="activate another version"):
-        engine.get_line("A")
+        engine.get_line("A", wait_s=None)
     assert store.fetches == 1  # known-broken bytes are not downloaded for every record
     store.add("A", 2)  # the operator activates a good version
-    assert engine.get_line("A").version == 2
+    assert engine.get_line("A", wait_s=None).version == 2
 
 
 def test_held_lines_keep_serving_while_the_store_is_down(teachers_built: list[str]) -> None:
     store = FakeStore()
     store.add("A", 1)
     engine = _engine(store)
-    loaded = engine.get_line("A")
+    loaded = engine.get_line("A", wait_s=None)
     store.down = True
-    assert engine.get_line("A") is loaded
+    assert engine.get_line("A", wait_s=None) is loaded
 
 
 def test_lru_evicts_least_recently_used_by_count(teachers_built: list[str]) -> None:
@@ -224,10 +224,10 @@ def test_lru_evicts_least_recently_used_by_count(teachers_built: list[str]) -> N
     for line in "ABC":
         store.add(line, 1)
     engine = _engine(store, max_models=2)
-    engine.get_line("A")
-    engine.get_line("B")
-    engine.get_line("A")  # A is now the most recently used
-    engine.get_line("C")
+    engine.get_line("A", wait_s=None)
+    engine.get_line("B", wait_s=None)
+    engine.get_line("A", wait_s=None)  # A is now the most recently used
+    engine.get_line("C", wait_s=None)
     assert engine.held_lines() == {"A": 1, "C": 1}
 
 
@@ -237,10 +237,10 @@ def test_lru_evicts_by_bytes(teachers_built: list[str]) -> None:
     store.add("B", 1, nbytes=100)
     store.add("C", 1, nbytes=120)
     engine = _engine(store, max_bytes=250)
-    engine.get_line("A")
-    engine.get_line("B")
+    engine.get_line("A", wait_s=None)
+    engine.get_line("B", wait_s=None)
     assert engine.held_lines() == {"A": 1, "B": 1}  # 200 bytes fit in 250
-    engine.get_line("C")
+    engine.get_line("C", wait_s=None)
     assert engine.held_lines() == {"B": 1, "C": 1}  # 320 would not: A, the oldest, goes
 
 
@@ -249,8 +249,8 @@ def test_a_model_larger_than_the_byte_bound_is_held_alone(teachers_built: list[s
     store.add("A", 1, nbytes=100)
     store.add("BIG", 1, nbytes=400)
     engine = _engine(store, max_bytes=250)
-    engine.get_line("A")
-    assert engine.get_line("BIG").nbytes == 400
+    engine.get_line("A", wait_s=None)
+    assert engine.get_line("BIG", wait_s=None).nbytes == 400
     assert engine.held_lines() == {"BIG": 1}
 
 
@@ -260,7 +260,7 @@ def test_one_teacher_per_backbone_shared_by_its_lines(teachers_built: list[str])
     store.add("B", 1)
     store.add("W", 1, backbone=WRN50)
     engine = _engine(store)
-    a, b, w = engine.get_line("A"), engine.get_line("B"), engine.get_line("W")
+    a, b, w = engine.get_line("A", wait_s=None), engine.get_line("B", wait_s=None), engine.get_line("W", wait_s=None)
     assert a.teacher is b.teacher
     assert w.teacher is not a.teacher and w.backbone == WRN50
     assert sorted(teachers_built) == [LITE0, WRN50]
@@ -270,10 +270,10 @@ def test_swap_replaces_the_entry_and_old_batches_keep_theirs(teachers_built: lis
     store, metrics = FakeStore(), RecordingMetrics()
     store.add("A", 1)
     engine = _engine(store, metrics=metrics)
-    old = engine.get_line("A")
+    old = engine.get_line("A", wait_s=None)
     store.add("A", 2)
     assert engine.swap("A", 2) is True
-    new = engine.get_line("A")
+    new = engine.get_line("A", wait_s=None)
     assert (old.version, new.version) == (1, 2)
     assert old.model is not new.model  # a batch holding ``old`` still scores on version 1
     assert metrics.named("swap") == [("A", 2)]
@@ -285,7 +285,7 @@ def test_swap_refuses_a_broken_artifact_and_never_retries_it(teachers_built: lis
     store, metrics = FakeStore(), RecordingMetrics()
     store.add("A", 2)
     engine = _engine(store, metrics=metrics)
-    engine.get_line("A")
+    engine.get_line("A", wait_s=None)
     store.add("A", 3, tag=b"broken")
     assert engine.swap("A", 3) is False
     assert engine.held_lines() == {"A": 2}
@@ -301,7 +301,7 @@ def test_swap_propagates_store_outages_and_keeps_serving(teachers_built: list[st
     store = FakeStore()
     store.add("A", 1)
     engine = _engine(store)
-    engine.get_line("A")
+    engine.get_line("A", wait_s=None)
     store.add("A", 2)
     store.down = True
     with pytest.raises(StoreUnavailable):
@@ -325,7 +325,7 @@ def test_concurrent_misses_load_a_line_once(teachers_built: list[str]) -> None:
     store.add("A", 1)
     engine = _engine(store)
     results: list[LoadedLine] = []
-    threads = [threading.Thread(target=lambda: results.append(engine.get_line("A"))) for _ in "12"]
+    threads = [threading.Thread(target=lambda: results.append(engine.get_line("A", wait_s=None))) for _ in "12"]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -361,7 +361,7 @@ def test_preprocess_params_and_score_come_from_the_model(teachers_built: list[st
     store = FakeStore()
     store.add("A", 1)
     engine = _engine(store)
-    loaded = engine.get_line("A")
+    loaded = engine.get_line("A", wait_s=None)
     assert engine.preprocess_params(loaded) == (64, (0.5,) * 3, (0.25,) * 3, (1, 2, 30, 40))
     name, total = engine.score(loaded, torch.ones(2, 3, 4, 4))
     assert name == LITE0 and total.item() == 96.0
@@ -378,9 +378,9 @@ def test_the_settings_precision_is_resolved_once_and_passed_to_every_score(
     assert engine.precision is Precision.BF16
     with structlog.testing.capture_logs() as logs:
         for line in ("A", "A", "B"):
-            loaded = engine.get_line(line)
+            loaded = engine.get_line(line, wait_s=None)
             engine.score(loaded, torch.ones(1, 3, 4, 4))
-    assert engine.get_line("A").model.precisions == [Precision.BF16] * 2
+    assert engine.get_line("A", wait_s=None).model.precisions == [Precision.BF16] * 2
     noted = [e for e in logs if "another precision" in e["event"]]
     assert [(e["line"], e["precision"], e["calibrated_precision"]) for e in noted] == [
         ("A", "bf16", "fp32")  # once per loaded line; B was calibrated at bf16

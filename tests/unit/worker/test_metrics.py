@@ -43,3 +43,34 @@ def test_two_metrics_objects_do_not_collide() -> None:
     a, b = WorkerMetrics(), WorkerMetrics()
     a.record_in()
     assert b.registry.get_sample_value("memkd_records_in_total") == 0
+
+
+def test_heartbeat_gauges_show_what_healthz_judges() -> None:
+    from memkd_stream.worker.health import Heartbeats
+
+    clock = [100.0]
+    beats = Heartbeats(clock=lambda: clock[0])
+    beats.register("consumer", 30.0)
+    m = WorkerMetrics(heartbeats=beats)
+    val = m.registry.get_sample_value
+    clock[0] = 112.0
+    with beats.working("decode", 60.0):
+        clock[0] = 145.0
+        assert val("memkd_heartbeat_age_seconds", {"thread": "consumer"}) == 45.0
+        assert val("memkd_heartbeat_limit_seconds", {"thread": "consumer"}) == 30.0
+        assert val("memkd_heartbeat_age_seconds", {"thread": "decode"}) == 33.0
+        assert beats.stale() == {"consumer": 45.0}  # the same judgement /healthz makes
+    assert val("memkd_heartbeat_age_seconds", {"thread": "decode"}) is None  # work finished
+
+
+def test_per_line_traffic_and_late_images_label_only_known_lines() -> None:
+    m = WorkerMetrics()
+    m.limit_lines_to(lambda line: line == "A")
+    m.line_record_in("A")
+    m.line_record_in("invented-key")
+    m.late_image("A", "score")
+    m.late_image("invented-key", "dead-letter")
+    val = m.registry.get_sample_value
+    assert val("memkd_line_records_in_total", {"line": "A"}) == 1
+    assert val("memkd_line_records_in_total", {"line": "_other"}) == 1
+    assert val("memkd_late_images_total", {"line": "_other", "policy": "dead-letter"}) == 1

@@ -1,7 +1,8 @@
 """Reduced (JPEG draft) decode vs full decode: do a line's scores and verdicts stay the same?
 
-Figures, not a test (the unit test ``test_preprocess.py::test_reduced_decode_scores_like_full_decode``
-pins the rule on one tiny model). Per generated category, a line fitted on bench/accuracy.py's
+Figures, not a test (the unit test
+``test_preprocess.py::test_reduced_decode_scores_like_full_decode`` pins the rule on one tiny
+model). Per generated category, a line fitted on bench/accuracy.py's
 training images (data seed 0, 60 images) scores 120 unseen ones (data seed 1, 40 good + 80
 defective, the parity tests' count: with 36, one swapped pair already moves AUROC by 0.0035,
 one flipped verdict by 2.8 %); every test image is upscaled into the region
@@ -11,12 +12,13 @@ bench/precision.py fits it: 128 px, 60 steps, seed 0), then its test frames are 
 frame's region of interest, after a full decode and after ``memkd.preprocess.load_for_model``'s
 reduced one. The parity rule
 (MEMKD.md §6): image AUROC within 0.005, >= 99 % identical verdicts at the line's threshold.
-``--oversample 2`` decodes at least twice the model's pixels (1/4 instead of 1/8 here), as
-Pillow's own ``thumbnail`` does (``reducing_gap=2``): what a margin would buy.
+``--margins 1,2`` compares decoding just the model's pixels (margin 1: 1/8 here) with the
+default, at least twice them (``memkd.preprocess.DRAFT_MARGIN``, 1/4 here; Pillow's
+``thumbnail`` keeps the same ``reducing_gap=2``).
 Rows go to bench/results/decode_parity.csv and .md.
 
     .venv/bin/python bench/decode_parity.py            # 4 categories, 128 px, 60 steps (~10 min)
-    .venv/bin/python bench/decode_parity.py --quick    # grass only, 20 steps
+    .venv/bin/python bench/decode_parity.py --quick    # grass and brick, 20 steps (~3 min)
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 FRAME = (2448, 2048)
 ROI = (400, 200, 1700, 1700)
 FIELDS = [
-    "category", "oversample", "input_size", "steps", "n_images", "reduction", "image_auroc_full",
+    "category", "margin", "input_size", "steps", "n_images", "reduction", "image_auroc_full",
     "image_auroc_reduced", "auroc_diff", "verdict_agreement", "n_flagged_full",
     "map_correlation", "score_rel_diff_mean", "score_rel_diff_max", "flips_within_pct_of_threshold",
     "decode_ms_full", "decode_ms_reduced", "torch",
@@ -61,18 +63,18 @@ def camera_frame(path: Path, orientation: int = 6) -> bytes:
 
 
 def _batch(
-    frames: list[bytes], size: int, mean, std, reduce: bool, span: int | None = None
+    frames: list[bytes], size: int, mean, std, reduce: bool, margin: int = 1
 ) -> tuple[torch.Tensor, float]:
     started = time.perf_counter()
     tensors = [
-        preprocess(load_for_model(f, size, ROI, reduce=reduce, span=span), size, mean, std, ROI)
+        preprocess(load_for_model(f, size, ROI, reduce=reduce, margin=margin), size, mean, std, ROI)
         for f in frames
     ]
     return torch.stack(tensors), (time.perf_counter() - started) / len(frames) * 1000
 
 
 def category_rows(
-    data: Path, name: str, size: int, steps: int, teacher, oversample: list[int]
+    data: Path, name: str, size: int, steps: int, teacher, margins: list[int]
 ) -> list[dict[str, object]]:
     if not (data / name).exists():
         synth_dataset(data, [name], seed=0, n_train=60)
@@ -88,12 +90,12 @@ def category_rows(
     x_full, ms_full = _batch(frames, size, model.mean, model.std, reduce=False)
     full = model.score(teacher, x_full)
     rows = []
-    for factor in oversample:
-        span = min(ROI[2:]) // factor
-        x_red, ms_red = _batch(frames, size, model.mean, model.std, reduce=True, span=span)
+    for margin in margins:
+        x_red, ms_red = _batch(frames, size, model.mean, model.std, reduce=True, margin=margin)
         rows.append(_compare(model, full, model.score(teacher, x_red), labels, ms_full, ms_red))
-        rows[-1].update(category=name, oversample=factor, input_size=size, steps=steps,
-                        reduction=load_for_model(frames[0], size, ROI, span=span).reduction)  # fmt: skip
+        reduction = load_for_model(frames[0], size, ROI, margin=margin).reduction
+        rows[-1].update(category=name, margin=margin, input_size=size, steps=steps,
+                        reduction=reduction)  # fmt: skip
     return rows
 
 
@@ -124,20 +126,20 @@ def _compare(model, full, red, labels, ms_full: float, ms_red: float) -> dict[st
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="grass only, 20 steps")
+    parser.add_argument("--quick", action="store_true", help="grass and brick, 20 steps")
     parser.add_argument("--categories", default=",".join(SYNTH_CATEGORIES))
     parser.add_argument("--size", type=int, default=128, help="model input side")
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--data", type=Path, default=RESULTS / "synth-data")
-    parser.add_argument("--oversample", default="1", help="e.g. 1,2")
+    parser.add_argument("--margins", default="1,2", help="decoded pixels / model pixels")
     parser.add_argument("--tag", default="decode_parity")
     args = parser.parse_args(argv)
     if args.quick:
-        args.categories, args.steps = "grass", 20
+        args.categories, args.steps = "grass,brick", 20
     teacher = load_teacher("tf_efficientnet_lite0")
     rows = []
     for name in args.categories.split(","):
-        factors = [int(f) for f in args.oversample.split(",")]
+        factors = [int(f) for f in args.margins.split(",")]
         rows += category_rows(args.data, name, args.size, args.steps, teacher, factors)
         print(rows[-len(factors) :], flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -145,9 +147,9 @@ def main(argv: list[str] | None = None) -> int:
         writer = csv.DictWriter(fh, fieldnames=FIELDS)
         writer.writeheader()
         writer.writerows(rows)
-    cols = ["category", "oversample", "reduction", "image_auroc_full", "auroc_diff", "verdict_agreement",
-            "n_flagged_full", "map_correlation", "score_rel_diff_mean", "decode_ms_full",
-            "decode_ms_reduced"]  # fmt: skip
+    cols = ["category", "margin", "reduction", "image_auroc_full", "auroc_diff",
+            "verdict_agreement", "n_flagged_full", "map_correlation", "score_rel_diff_mean",
+            "decode_ms_full", "decode_ms_reduced"]  # fmt: skip
     table = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     table += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
     (RESULTS / f"{args.tag}.md").write_text("\n".join(table) + "\n")

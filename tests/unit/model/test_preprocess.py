@@ -99,12 +99,15 @@ def _camera_jpeg(displayed: Image.Image, orientation: int, quality: int = 95) ->
     return buf.getvalue()
 
 
-def test_draft_reduction_is_the_smallest_scale_that_covers_the_input() -> None:
-    assert draft_reduction((2448, 2048), 256) == 8  # 2048 / 8 = 256 exactly
-    assert draft_reduction((2448, 2047), 256) == 4
-    assert draft_reduction((1200, 700), 256) == 2
-    assert draft_reduction((300, 300), 256) == 1
-    assert draft_reduction((2448, 2048), 256, span=512) == 2  # a 512 px tile keeps 256 px
+def test_draft_reduction_is_the_smallest_scale_that_keeps_the_margin() -> None:
+    assert draft_reduction((2448, 2048), 256) == 4  # 2048 / 4 = 2 x 256 exactly
+    assert draft_reduction((2448, 2047), 256) == 2
+    assert draft_reduction((1200, 1100), 256) == 2
+    assert draft_reduction((1000, 1000), 256) == 1
+    assert draft_reduction((2448, 2048), 256, margin=1) == 8  # 2048 / 8 = 256 exactly
+    assert draft_reduction((2448, 2047), 256, margin=1) == 4
+    assert draft_reduction((300, 300), 256, margin=1) == 1
+    assert draft_reduction((2448, 2048), 256, span=1024) == 2  # a 1024 px tile keeps 2 x 256
 
 
 @pytest.mark.parametrize("orientation", range(1, 9))
@@ -121,7 +124,7 @@ def test_reduced_decode_maps_the_roi_exactly_under_every_orientation(orientation
     scene[..., 1] = ys[:, None].round().astype(np.uint8)
     scene[..., 2] = 128
     value = _camera_jpeg(Image.fromarray(scene), orientation)
-    scaled = load_for_model(value, 32, roi)
+    scaled = load_for_model(value, 32, roi, margin=1)  # 1/8: the partial steps are largest
     assert scaled.reduction == 8 and scaled.size == (width, height)
     assert scaled.image.size in ((77, 65), (65, 77))  # ceil(611 / 8), ceil(517 / 8)
     full = preprocess(load_image(value), 32, (0, 0, 0), (1, 1, 1), roi)
@@ -148,7 +151,7 @@ def _camera_frames(
     (category,) = synth_dataset(
         root, ("grass",), seed=1, n_train=1, n_test_good=40, n_test_bad=80, size=128
     )
-    roi = (400, 200, 1700, 1700)
+    roi = (400, 200, 800, 800)
     frames, labels = [], []
     for item in read_mvtec_category(category).test:
         frame = Image.new("RGB", (2448, 2048), (96, 110, 84))
@@ -162,19 +165,18 @@ def _camera_frames(
 def test_reduced_decode_scores_like_full_decode(
     tmp_path_factory: pytest.TempPathFactory, lite0: Teacher
 ) -> None:
-    """5 MP frames with an ROI, from a camera mounted sideways (EXIF 6), decoded at 1/8: maps
-    correlate >= 0.99 and image AUROC stays within 0.005 (MEMKD.md §6). Verdicts: this tiny
-    model's threshold sits among its scores (3 of 120 within 0.5 % of it), so any change of
-    input, even a 1/2 decode (scores 0.13 % apart), flips a near-tie or two: measured 118 of 120
-    identical at 1/8, the two flips 0.34 % and 0.16 % below the threshold (model/README.md,
-    "Reduced decode"). What is pinned: no verdict moves unless its score was within 0.5 % of the
-    threshold, and at most 2 % move."""
+    """5 MP frames with an 800 px ROI, from a camera mounted sideways (EXIF 6), decoded at the
+    default margin (1/4 for this 64 px model): the parity rule of MEMKD.md §6 holds, map
+    correlation >= 0.99, >= 99 % identical verdicts at the line's threshold, image AUROC within
+    0.005 (measured: 120 of 120, +0.0034). This tiny model's threshold sits among its scores
+    (46 of 120 flagged), so it is a hard case: at margin 1 (1/8) it flips 2 of 120 near-ties;
+    bench/decode_parity.py measures fitted lines (model/README.md, "Reduced decode")."""
     out = tmp_path_factory.mktemp("reduced")
     model = LineModel.load(tiny_artifact(out, teacher=lite0), lite0)
     frames, labels, roi = _camera_frames(out / "unseen", orientation=6)
     size, mean, std = model.input_size, model.mean, model.std
     scaled = [load_for_model(frame, size, roi) for frame in frames]
-    assert {s.reduction for s in scaled} == {8} and {s.size for s in scaled} == {(2448, 2048)}
+    assert {s.reduction for s in scaled} == {4} and {s.size for s in scaled} == {(2448, 2048)}
     reduced = torch.stack([preprocess(s, size, mean, std, roi) for s in scaled])
     full = torch.stack([preprocess(load_image(f), size, mean, std, roi) for f in frames])
     assert (reduced - full).abs().mean().item() < 0.02  # normalised units: ~1 grey level
@@ -183,10 +185,7 @@ def test_reduced_decode_scores_like_full_decode(
     assert np.corrcoef(maps_full, maps_reduced)[0, 1] >= 0.99
     auroc_full = image_auroc(labels, by_full.scores.numpy())
     assert abs(image_auroc(labels, by_reduced.scores.numpy()) - auroc_full) <= 0.005
-    threshold = model.threshold
-    flagged = by_full.scores >= threshold
+    flagged = by_full.scores >= model.threshold
     assert 0 < int(flagged.sum()) < len(labels)  # else identical verdicts would prove nothing
-    flipped = flagged != (by_reduced.scores >= threshold)
-    assert flipped.float().mean().item() <= 0.02
-    margin = (by_full.scores[flipped] / threshold - 1).abs()
-    assert bool((margin < 0.005).all()), margin
+    agreement = (flagged == (by_reduced.scores >= model.threshold)).float().mean().item()
+    assert agreement >= 0.99

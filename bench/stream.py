@@ -24,10 +24,13 @@ NAME:ENV=VALUE,...``: worker settings or knobs, e.g. ``dec1:MEMKD_WORKER__DECODE
 run in turn, repeated ``--reps`` times, interleaved, with model-only and decode-only measured in
 the same rounds; report ratios from one run (this machine is shared and noisy) and the load
 average printed with them. Needs the local services (``make bench`` starts them). Prints a table
-and writes bench/results/stream.csv.
+and writes bench/results/<tag>.csv (``--tag``, default ``stream``).
+
+``OMP_WAIT_POLICY`` is read once, when torch loads, so it cannot be a variant: compare it with
+one process per policy, alternated (README.md, "Speed", has the loop).
 
     .venv/bin/python bench/stream.py [--quick] [--backbones lite0,wrn50] [--inputs 256,5mp]
-        [--images N] [--variant NAME:ENV=VALUE,...] [--reps R] [--paced N]
+        [--images N] [--variant NAME:ENV=VALUE,...] [--reps R] [--paced N] [--tag T]
 """
 
 from __future__ import annotations
@@ -51,14 +54,14 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
 STAGES = ("decode", "batch_wait", "forward", "encode", "produce")
-CPU_GROUPS = ("inference", "decode", "publisher", "kafka", "bench", "other")
+CPU_GROUPS = ("inference", "decode", "publisher", "consumer", "kafka", "bench", "other")
 BACKBONES = {"lite0": "tf_efficientnet_lite0", "wrn50": "wide_resnet50_2"}
 CAMERA = (2448, 2048)
 FIELDS = [
     "backbone", "input", "variant", "rep", "mode", "images", "images_per_s", "ratio", "ceiling",
     "vs_ceiling", "p50_ms", "p99_ms", *(f"{s}_ms" for s in STAGES),
     *(f"cpu_{g}_ms" for g in CPU_GROUPS), "batch", "input_size", "device", "threads", "load1",
-    "torch", "note",
+    "torch", "omp_wait_policy", "note",
 ]  # fmt: skip
 
 
@@ -79,8 +82,10 @@ def _thread_group(name: str) -> str:
         return "decode"
     if name == "memkd-publish":
         return "publisher"
-    if name.startswith("kafka") or name.endswith("network-thread") or "(run)" in name:
-        return "kafka"  # the consumer loop runs in the worker's run() thread
+    if name.startswith("kafka") or name.endswith("network-thread"):
+        return "kafka"  # kafka-python's own threads: the producer's sender, heartbeats
+    if "(run)" in name:
+        return "consumer"  # the consumer loop runs in the worker's run() thread
     if name == "MainThread":
         return "bench"
     return "other"
@@ -495,6 +500,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=1)
     parser.add_argument("--paced", type=int, default=None, help="images sent paced (latency)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--tag", default="stream", help="results file name")
     args = parser.parse_args(argv)
     if args.quick:
         args.backbones = "lite0"
@@ -526,9 +532,10 @@ def main(argv: list[str] | None = None) -> int:
         "device": args.device if args.device == "cpu" else torch.cuda.get_device_name(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / "stream.csv"
+    out = RESULTS / f"{args.tag}.csv"
     with out.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=FIELDS, extrasaction="ignore")
         writer.writeheader()

@@ -207,7 +207,7 @@ def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
 def threshold_rows(folder: Path, score: str, arm: str = "") -> list[dict[str, Any]]:
     """Every rule at every target on every fit of ``folder``: held-out good scores set the
     threshold, the 500 validation good images say how often it is crossed."""
-    from memkd.threshold import RULES, expected_fpr, threshold_for
+    from memkd.threshold import RULES, TARGET_RULES, expected_fpr, threshold_for
 
     rows = []
     for npz in sorted(folder.glob("*.npz")):
@@ -220,9 +220,7 @@ def threshold_rows(folder: Path, score: str, arm: str = "") -> list[dict[str, An
         for rule in RULES:
             for target in TARGETS:
                 thr = threshold_for(hold, rule, target)
-                predicted = (
-                    target if rule in ("normal", "lognormal") else expected_fpr(hold, thr, rule)
-                )
+                predicted = target if rule in TARGET_RULES else expected_fpr(hold, thr, rule)
                 k = int(np.sum(good >= thr))
                 lo, hi = clopper_pearson(k, good.size)
                 observed = k / good.size

@@ -34,6 +34,10 @@ class ErrorCode(StrEnum):
     LINE_UNAVAILABLE = "line-unavailable"
     VERSION_ACTIVE = "version-active"
     NO_ROLLBACK_TARGET = "no-rollback-target"
+    PARENT_NEEDED = "parent-needed"
+    SHADOW_REFUSED = "shadow-refused"
+    ACTIVE_CHANGED = "active-changed"
+    NOT_ACTIVATED = "not-activated"
     REDIS_UNAVAILABLE = "redis-unavailable"
     ARTIFACT_CHECKSUM = "artifact-checksum"
     ARTIFACT_INVALID = "artifact-invalid"
@@ -57,6 +61,9 @@ class ExitCode(IntEnum):
     USAGE = 2
     BROKER_UNREACHABLE = 3  # memkd-worker: Kafka unreachable longer than its budget
     DEVICE_FAULT = 4  # memkd-worker: the device fails every batch (a restart may get a good one)
+    # memkd-stream: published, but the activation gate kept the active version (the new one
+    # scored worse, or could not be compared); `lines activate` or --force activates it
+    NOT_ACTIVATED = 5
     INTERRUPTED = 130  # memkd-stream: Ctrl-C
 
 

@@ -54,6 +54,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ENV_PREFIX",
+    "GateSettings",
     "KafkaSettings",
     "LogSettings",
     "MetricsSettings",
@@ -335,6 +336,18 @@ class WorkerSettings(_Group):
         return value
 
 
+class GateSettings(_Group):
+    """The activation gate of ``fit``, ``lines publish`` and ``lines threshold`` (DESIGN.md §5):
+    a new version is activated only if it is not worse than the active one by more than
+    ``margin`` (AUROC, balanced accuracy or false-alarm rate, all in 0..1) on images neither
+    trained on. Without a labelled test split or --gate-data, ``holdout_fraction`` of the new good
+    images (at least ``min_images``) is held back from training to compare on."""
+
+    margin: float = Field(0.02, ge=0, lt=1)
+    holdout_fraction: float = Field(0.15, gt=0, lt=1)
+    min_images: int = Field(4, ge=1)
+
+
 class MetricsSettings(_Group):
     """Prometheus metrics and the /healthz and /readyz probes share this listener."""
 
@@ -373,6 +386,7 @@ class Settings(BaseSettings):
     redis: RedisSettings = Field(default_factory=RedisSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    gate: GateSettings = Field(default_factory=GateSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     log: LogSettings = Field(default_factory=LogSettings)
 

@@ -102,7 +102,7 @@ DATA="$OUT/data/$CATEGORY"
 
 step "3/6 fit line A (lite0, $STEPS steps, ${INPUT_SIZE}px) and publish it to Redis"
 "$CLI" fit --line A --data "$DATA" --backbone tf_efficientnet_lite0 --steps "$STEPS" \
-  --input-size "$INPUT_SIZE" --batch-size 8 --out "$OUT/A.safetensors"
+  --input-size "$INPUT_SIZE" --batch-size 8 --out "$OUT/A.safetensors" --force  # show this model
 
 step "4/6 start one worker"
 port=$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')

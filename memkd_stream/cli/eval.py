@@ -22,13 +22,13 @@ from rich.console import Console
 from memkd_stream.cli.fit import at_threshold_text
 from memkd_stream.cli.inputs import (
     PRECISIONS,
-    load_teacher_for,
     resolve_dataset,
     torch_device,
     torch_precision,
 )
 from memkd_stream.cli.main import Context, UsageError, line_arg
 from memkd_stream.cli.output import Output
+from memkd_stream.cli.stored_models import Teachers, file_model, stored_model
 
 if TYPE_CHECKING:
     from memkd_stream.cli.scoring import Scored
@@ -46,6 +46,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     source.add_argument("--line", type=line_arg, help="evaluate this line's model from Redis")
     source.add_argument("--artifact", type=Path, metavar="FILE", help="evaluate an artifact file")
     p.add_argument("--version", type=int, help="with --line: this version (default: active)")
+    p.add_argument(
+        "--parent",
+        type=Path,
+        metavar="FULL",
+        help="with --artifact DELTA: the full artifact file the delta was made from",
+    )
     p.add_argument(
         "--data",
         type=Path,
@@ -73,16 +79,15 @@ def _eval(ctx: Context) -> int:
     args, out = ctx.args, ctx.out
     if args.version is not None and args.line is None:
         raise UsageError("--version needs --line")
+    if args.parent is not None and args.artifact is None:
+        raise UsageError("--parent goes with --artifact DELTA")
     dataset = resolve_dataset(args.data)  # before loading anything heavy
-    source, record, blob, sha256 = _model_source(ctx)
-
-    from memkd.line_model import LineModel
-
     device = torch_device(ctx.settings, args.device)
     precision = torch_precision(ctx.settings, args.precision, device)
+    teachers = Teachers(ctx.settings, device, args.teacher_weights)
+    source, record, model, sha256 = _model(ctx, teachers)
     backbone = str(record["model"]["backbone"])
-    teacher = load_teacher_for(backbone, args.teacher_weights, ctx.settings, device)
-    model = LineModel.load(blob, teacher, expected_sha256=sha256)
+    teacher = teachers.get(backbone)
     threshold = model.threshold
     if precision != model.calibrated_precision:
         out.note(
@@ -130,14 +135,16 @@ def _eval(ctx: Context) -> int:
     return 0
 
 
-def _model_source(ctx: Context) -> tuple[str, dict[str, Any], bytes | Path, str | None]:
-    """(name, record, bytes or path, expected sha256) of the model to evaluate."""
+def _model(ctx: Context, teachers: Teachers) -> tuple[str, dict[str, Any], Any, str | None]:
+    """(name, record, model, sha256) of the model to evaluate: a file (a delta composed with
+    --parent), or a version in Redis (a delta composed with its stored parent)."""
     args = ctx.args
     if args.artifact is not None:
-        from memkd_stream.lines.artifact_file import read_artifact_record
+        from memkd.artifact import read_sidecar
 
-        record = read_artifact_record(args.artifact)
-        return str(args.artifact), record, args.artifact, None
+        model, record = file_model(args.artifact, args.parent, teachers)
+        name = str(args.artifact) + (f" on {args.parent}" if args.parent else "")
+        return name, record, model, read_sidecar(args.artifact)
     store = ctx.store()
     version = args.version if args.version is not None else store.current(args.line)
     if version is None:
@@ -145,9 +152,8 @@ def _model_source(ctx: Context) -> tuple[str, dict[str, Any], bytes | Path, str 
         from memkd_stream.lines.errors import UnknownVersion
 
         raise UnknownVersion(f"line {args.line} has no active version; pass --version")
-    meta = store.meta(args.line, version)
-    blob = store.fetch_artifact(args.line, version)
-    return f"{args.line}@{version}", meta["metadata"], blob, meta["sha256"]
+    stored = stored_model(store, args.line, version, teachers)
+    return stored.ref, stored.record, stored.model, stored.sha256
 
 
 def _write_outputs(

@@ -12,10 +12,11 @@ import argparse
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
+from memkd_stream.cli.gate import GateOutcome, gate_new_version, plan_images, print_gate
 from memkd_stream.cli.inputs import (
     BACKBONES,
     PRECISIONS,
@@ -30,16 +31,21 @@ from memkd_stream.cli.inputs import (
 )
 from memkd_stream.cli.main import Context, UsageError, line_arg, whole_number
 from memkd_stream.cli.output import Output
+from memkd_stream.cli.stored_models import Teachers, fingerprints
 from memkd_stream.errors import MemkdStreamError
+
+if TYPE_CHECKING:
+    from memkd_stream.lines.store import LineStore
 
 __all__ = ["register"]
 
 # memkd.threshold's names, spelled here so that `--help` does not import torch
-RULES = ("lognormal", "normal", "mean_std", "quantile")
-DEFAULT_RULE = "lognormal"
+RULES = ("lognormal", "lognormal_fit", "normal", "mean_std", "quantile")
+DEFAULT_RULE = "lognormal_fit"
 DEFAULT_TARGET_FPR = 0.01
 
 MIN_TRAIN_IMAGES = 8
+DEFAULT_INPUT_SIZE = 256
 _POSITIVE = whole_number(1)
 SHOWN_UNREADABLE = 20
 
@@ -71,10 +77,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--roi", type=parse_roi, metavar="X,Y,W,H", help="crop box in image pixels")
     schedule = p.add_mutually_exclusive_group()
-    schedule.add_argument("--steps", type=_POSITIVE, metavar="N", help="optimiser steps")
+    schedule.add_argument(
+        "--steps", type=_POSITIVE, metavar="N", help="optimiser steps (default 1000, cosine lr)"
+    )
     schedule.add_argument("--epochs", type=_POSITIVE, metavar="N", help="passes over the images")
+    p.add_argument(
+        "--max-minutes",
+        type=float,
+        metavar="M",
+        help="stop training after M minutes and keep the best student so far (a CPU-only box: "
+        "the default schedule is ~40 min at 256 px on 2 cores)",
+    )
     p.add_argument("--batch-size", type=_POSITIVE, default=16, metavar="N", help="default 16")
-    p.add_argument("--input-size", type=_POSITIVE, default=256, metavar="PX", help="default 256")
+    p.add_argument(
+        "--input-size", type=_POSITIVE, metavar="PX", help=f"default {DEFAULT_INPUT_SIZE}"
+    )
     p.add_argument("--seed", type=int, default=0, help="default 0")
     p.add_argument("--device", help="cpu, cuda, cuda:N (default: settings model.device)")
     p.add_argument(
@@ -93,8 +110,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--threshold-rule",
         choices=RULES,
-        help=f"how held-out good scores set the threshold (default {DEFAULT_RULE}: a prediction "
-        "bound that holds --target-fpr with few images)",
+        help=f"how held-out good scores set the threshold (default {DEFAULT_RULE}: the fitted "
+        "log-normal's quantile for --target-fpr; lognormal: a more cautious prediction bound)",
     )
     p.add_argument(
         "--defects",
@@ -125,6 +142,35 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--no-activate", action="store_true", help="publish but keep the current version"
     )
+    lifecycle = p.add_argument_group(
+        "retraining a line (DESIGN.md section 5; exit 5 = published but not activated)"
+    )
+    lifecycle.add_argument(
+        "--memory-only",
+        action="store_true",
+        help="start from the line's active version and re-learn only its memories on --data "
+        "(minutes, not hours); publishes a delta of a few hundred KiB",
+    )
+    lifecycle.add_argument(
+        "--memory-init",
+        choices=("parent", "data"),
+        default="parent",
+        help="--memory-only: start the memories from the active version's (default) or "
+        "from the new images' teacher features",
+    )
+    lifecycle.add_argument(
+        "--gate-data",
+        type=Path,
+        metavar="DIR",
+        help="images neither version trained on, to compare the new version with the active "
+        "one before activating it (a folder of good images or a category with a test split; "
+        "default: --data's test split, else a slice of --data held back from training)",
+    )
+    lifecycle.add_argument(
+        "--force",
+        action="store_true",
+        help="activate even if the new version scores worse than the active one",
+    )
     p.add_argument("--no-publish", action="store_true", help="only write the artifact file")
     p.add_argument(
         "--min-images",
@@ -138,11 +184,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _fit(ctx: Context) -> int:
     args, out, settings = ctx.args, ctx.out, ctx.settings
+    if args.memory_only:
+        from memkd_stream.cli.refit import refit_line
+
+        return refit_line(ctx)
     store = None
     if not args.no_publish:
         store = ctx.store()
         store.lines()  # Redis down -> StoreUnavailable now, before any training
     dataset = _readable_dataset(args.data, args.roi, args.min_images, out)
+    incumbent = store.current(args.line) if store is not None and not args.no_activate else None
+    gate_images, dataset.train = plan_images(ctx, dataset, incumbent)
     defect_paths = _defect_examples(args.defects, args.roi, out)
     if args.threshold_from == "defects" and not defect_paths and not dataset.has_labels:
         raise UsageError(
@@ -158,12 +210,12 @@ def _fit(ctx: Context) -> int:
     precision = torch_precision(settings, args.precision, device)
     out.note(f"loading teacher {backbone} on {device} ({precision} compute)")
     teacher = load_teacher_for(backbone, args.teacher_weights, settings, device)
-    model_config = ModelConfig(backbone=backbone, input_size=args.input_size)
-    threshold: dict[str, Any] = {}
-    if args.target_fpr is not None:
-        threshold["target_fpr"] = args.target_fpr
-    if args.threshold_rule is not None:
-        threshold["threshold_rule"] = args.threshold_rule
+    model_config = ModelConfig(backbone=backbone, input_size=args.input_size or DEFAULT_INPUT_SIZE)
+    overrides = threshold_settings(args)
+    if args.max_minutes is not None:
+        if not args.max_minutes > 0:
+            raise UsageError(f"--max-minutes must be > 0, got {args.max_minutes}")
+        overrides["max_seconds"] = 60.0 * args.max_minutes
     train_config = TrainConfig(
         steps=args.steps,
         epochs=args.epochs,
@@ -171,7 +223,7 @@ def _fit(ctx: Context) -> int:
         seed=args.seed,
         device=device,
         precision=precision,
-        **threshold,
+        **overrides,
     )
     out.note(
         f"training line {args.line} on {len(dataset.train)} good images from {dataset.root} "
@@ -181,44 +233,75 @@ def _fit(ctx: Context) -> int:
     with _Progress(out) as progress:
         result = fit(dataset.train, model_config, train_config, teacher, progress, roi=args.roi)
     model = result.model
+    model.provenance["trained_on"] = trained_on(dataset.train, train_config)
     _calibrate_on_defects(ctx, model, teacher, dataset, defect_paths, precision)
-    evaluation: dict[str, Any] = {}
-    if dataset.has_labels:
-        out.note(f"evaluating on {len(dataset.category.test)} test images of {dataset.root}")
-        from memkd_stream.cli.scoring import evaluate_category
-
-        scored, evaluation = evaluate_category(
-            model, teacher, dataset.category, args.batch_size, precision=precision
-        )
-        for item in scored.skipped:
-            out.warn(f"test image skipped: {item.path}: {item.reason}")
-        # Stored with the model, so `lines show` can compare versions on the same test set.
-        model.provenance["metrics"] = evaluation["metrics"]
-        model.provenance["evaluation"] = evaluation | {"data": str(dataset.root)}
+    evaluation = evaluate_on_test(ctx, model, teacher, dataset, precision)
     elapsed = time.perf_counter() - started
 
     path = args.out or Path(f"{args.line}-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.safetensors")
     path.parent.mkdir(parents=True, exist_ok=True)
     sha256 = model.save(path, dtype=args.dtype)
 
-    version = None
-    if store is not None:
-        out.note(f"publishing {path} to Redis at {store.location}")
-        try:
-            version = store.publish(args.line, path, activate=not args.no_activate, who=ctx.who)
-        except MemkdStreamError as exc:
-            # The model is trained and on disk: say how to publish it instead of losing an hour.
-            raise type(exc)(
-                f"{exc}; the trained model is saved as {path}: publish it later with "
-                f"`memkd-stream lines publish {args.line} {path}`",
-                code=exc.code,
-            ) from exc
+    version = publish_trained(ctx, store, path)
+    gate = None
+    if store is not None and version is not None and not args.no_activate:
+        teachers = Teachers(settings, device, args.teacher_weights)
+        teachers.add(teacher)
+        gate = gate_new_version(
+            ctx, store, version, incumbent, model, teachers, gate_images, precision
+        )
 
+    data = fit_report(
+        ctx, model, result.report, dataset, evaluation, path=path, sha256=sha256,
+        version=version, gate=gate, backbone=backbone, device=device, precision=precision,
+        elapsed=elapsed,
+    )  # fmt: skip
+    out.result(data, lambda console: _print_report(console, data))
+    return gate.exit_code if gate is not None else 0
+
+
+def threshold_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The threshold options given (``--target-fpr``, ``--threshold-rule``) as TrainConfig
+    fields; the rest stay TrainConfig's defaults, the same for a full fit and a refit."""
+    chosen: dict[str, Any] = {}
+    if args.target_fpr is not None:
+        chosen["target_fpr"] = args.target_fpr
+    if args.threshold_rule is not None:
+        chosen["threshold_rule"] = args.threshold_rule
+    return chosen
+
+
+def evaluate_on_test(
+    ctx: Context, model: Any, teacher: Any, dataset: DatasetInput, precision: Any
+) -> dict[str, Any]:
+    """Metrics on a category's test split (nothing for a plain folder), stored with the model
+    so that `lines show` can compare versions on the same test set."""
+    if not dataset.has_labels:
+        return {}
+    ctx.out.note(f"evaluating on {len(dataset.category.test)} test images of {dataset.root}")
+    from memkd_stream.cli.scoring import evaluate_category
+
+    scored, evaluation = evaluate_category(
+        model, teacher, dataset.category, ctx.args.batch_size, precision=precision
+    )
+    for item in scored.skipped:
+        ctx.out.warn(f"test image skipped: {item.path}: {item.reason}")
+    model.provenance["metrics"] = evaluation["metrics"]
+    model.provenance["evaluation"] = evaluation | {"data": str(dataset.root)}
+    return evaluation
+
+
+def fit_report(
+    ctx: Context, model: Any, report: dict[str, Any], dataset: DatasetInput,
+    evaluation: dict[str, Any], *, path: Path, sha256: str, version: int | None,
+    gate: GateOutcome | None, backbone: str, device: str, precision: Any, elapsed: float,
+) -> dict[str, Any]:  # fmt: skip
+    """What `fit` prints (a table, or JSON with --json), for a full fit and a refit alike."""
     calibration = model.calibration.to_dict() if model.calibration is not None else {}
-    data = {
-        "line": args.line,
+    return {
+        "line": ctx.args.line,
         "version": version,
-        "active": version is not None and not args.no_activate,
+        "active": gate is not None and gate.activated,
         "artifact": str(path),
         "sha256": sha256,
         "backbone": backbone,
@@ -231,12 +314,15 @@ def _fit(ctx: Context) -> int:
             "unreadable": [{"path": str(u.path), "reason": u.reason} for u in dataset.unreadable],
         },
         "training": {
-            "seconds": result.report.get("train_seconds"),
+            "seconds": report.get("train_seconds"),
             "total_seconds": round(elapsed, 2),
-            "steps": result.report.get("steps"),
-            "n_train": result.report.get("n_train"),
-            "n_holdout": result.report.get("n_holdout"),
-            "final_losses": result.report.get("final_losses"),
+            "steps": report.get("steps"),
+            "steps_run": report.get("steps_run"),
+            "stopped_by": report.get("stopped_by"),
+            "best_step": report.get("best_step"),
+            "n_train": report.get("n_train"),
+            "n_holdout": report.get("n_holdout"),
+            "final_losses": report.get("final_losses"),
         },
         "normal_scores": {k: calibration.get(k) for k in ("n", "mean", "std", "quantile", "max")},
         "threshold": calibration.get("threshold"),
@@ -246,9 +332,33 @@ def _fit(ctx: Context) -> int:
         "defects": calibration.get("defects"),
         "metrics": evaluation.get("metrics", {}),
         "evaluation": evaluation,
+        "gate": gate.to_dict() if gate is not None else None,
     }
-    out.result(data, lambda console: _print_report(console, data))
-    return 0
+
+
+def publish_trained(ctx: Context, store: LineStore | None, path: Path) -> int | None:
+    """Publish the artifact without activating it (the gate decides that); a failure says how
+    to publish the saved file later instead of losing the training."""
+    if store is None:
+        return None
+    ctx.out.note(f"publishing {path} to Redis at {store.location}")
+    try:
+        return store.publish(ctx.args.line, path, activate=False, who=ctx.who)
+    except MemkdStreamError as exc:
+        raise type(exc)(
+            f"{exc}; the trained model is saved as {path}: publish it later with "
+            f"`memkd-stream lines publish {ctx.args.line} {path}`",
+            code=exc.code,
+        ) from exc
+
+
+def trained_on(images: list[Path], train_config: Any) -> list[str]:
+    """Content hashes of the images a fit trained on (not those it held out to calibrate):
+    the activation gate leaves them out when it compares versions."""
+    from memkd.train import holdout_split
+
+    train_idx, _ = holdout_split(len(images), train_config)
+    return fingerprints([images[i] for i in train_idx])
 
 
 def _readable_dataset(root: Path, roi: Any, min_images: int, out: Output) -> DatasetInput:
@@ -279,6 +389,8 @@ def _print_report(console: Console, data: dict[str, Any]) -> None:
     else:
         where = f"published as {data['line']}@{data['version']} (not activated)"
     console.print(f"line {data['line']}: {where}")
+    if data.get("parent"):
+        console.print(f"a delta of {data['parent']} (memory-only refit)")
     rows = [
         ("artifact", f"{data['artifact']} (sha256 {data['sha256'][:12]})"),
         (
@@ -291,7 +403,7 @@ def _print_report(console: Console, data: dict[str, Any]) -> None:
             f"{training['n_holdout']} held out for calibration), "
             f"{len(data['dataset']['unreadable'])} skipped",
         ),
-        ("training", f"{training['steps']} steps in {training['seconds']} s"),
+        ("training", _training_line(training)),
         ("final losses", _fmt_map(training["final_losses"])),
         (
             "normal scores",
@@ -313,6 +425,8 @@ def _print_report(console: Console, data: dict[str, Any]) -> None:
         )
         rows.append(("at threshold", at_threshold_text(evaluation.get("at_threshold") or {})))
     console.print(Output.table(["", ""], rows))
+    if data.get("gate"):
+        print_gate(console, data["gate"], data["line"])
 
 
 def threshold_text(data: dict[str, Any]) -> str:
@@ -399,6 +513,17 @@ def at_threshold_text(at: dict[str, Any]) -> str:
 
 def _g(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, int | float) else str(value)
+
+
+def _training_line(training: dict[str, Any]) -> str:
+    run, planned = training.get("steps_run") or training["steps"], training["steps"]
+    text = f"{run} of {planned} steps" if run != planned else f"{planned} steps"
+    text += f" in {training['seconds']} s"
+    if training.get("stopped_by") == "max_seconds":
+        text += " (stopped at --max-minutes)"
+    if training.get("best_step"):
+        text += f"; kept the student of step {training['best_step']} (lowest held-out KD loss)"
+    return text
 
 
 def _fmt_map(values: dict[str, Any] | None) -> str:

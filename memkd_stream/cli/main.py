@@ -1,7 +1,8 @@
 """Parser and dispatch of ``memkd-stream``: global options, sub-commands, exit codes.
 
 Exit codes: 0 done, 1 the command failed (an expected error: one line on stderr, no traceback),
-2 usage error (bad arguments or settings), 130 interrupted.
+2 usage error (bad arguments or settings), 5 published but not activated (the activation gate
+kept the active version: ``cli.gate``), 130 interrupted.
 
 Sub-command modules expose ``register(subparsers)`` and set ``handler`` on their parsers:
 ``handler(ctx: Context) -> int``. Heavy imports (torch, memkd) happen inside handlers only, so
@@ -58,6 +59,8 @@ examples:
   memkd-stream dlq replay --code line-unavailable --since 2h
 
 settings come from MEMKD_* environment variables (e.g. MEMKD_REDIS__URL) and --config FILE.
+exit status: 0 done, 1 failed, 2 bad arguments or settings, 5 published but not activated
+(the activation gate kept the active version; --force or `lines activate`), 130 interrupted.
 """
 
 

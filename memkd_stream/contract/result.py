@@ -11,14 +11,35 @@ from __future__ import annotations
 import base64
 import json
 import math
+from dataclasses import dataclass
+from typing import Any
 
 from memkd_stream.contract.headers import HEADER_ID, HEADER_SENT_AT, HEADER_TRACEPARENT, Headers
 from memkd_stream.contract.request import Request
 from memkd_stream.contract.sizes import fit_headers, record_size
 
-__all__ = ["RESULT_SCHEMA", "encode_result", "result_headers"]
+__all__ = ["RESULT_SCHEMA", "ShadowVerdict", "encode_result", "result_headers"]
 
 RESULT_SCHEMA = 1
+
+
+@dataclass(frozen=True)
+class ShadowVerdict:
+    """The optional ``shadow`` object: what a version tried beside the active one said (its
+    score, threshold and verdict), or why it could not say (``error``)."""
+
+    model_version: str
+    score: float | None = None
+    threshold: float | None = None
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        if self.error is not None or self.score is None or self.threshold is None:
+            return {"model_version": self.model_version, "error": self.error or "no score"}
+        score = _finite("shadow.score", self.score)
+        threshold = _finite("shadow.threshold", self.threshold)
+        return {"model_version": self.model_version, "score": score, "threshold": threshold,
+                "anomalous": score >= threshold}  # fmt: skip
 
 
 def _finite(name: str, value: float) -> float:
@@ -39,9 +60,11 @@ def encode_result(
     mask_hw: tuple[int, int],
     timing_ms: dict[str, float],
     worker: str,
+    shadow: ShadowVerdict | None = None,
     late_ms: float | None = None,
 ) -> bytes:
-    """Render the result JSON of DESIGN.md §3 (keys and nesting exactly as the contract).
+    """Render the result JSON of DESIGN.md §3 (keys and nesting exactly as the contract);
+    ``shadow`` adds the optional ``shadow`` object.
 
     ``late_ms`` (how far past ``worker.max_age_ms`` the image was when scored) is present only
     when the image was late (``contract.lateness``).
@@ -78,6 +101,8 @@ def encode_result(
         },
         "worker": worker,
     }
+    if shadow is not None:
+        document["shadow"] = shadow.to_json()
     if late_ms is not None:
         document["late_ms"] = round(_finite("late_ms", late_ms), 3)
     return json.dumps(document, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode(

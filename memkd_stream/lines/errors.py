@@ -5,9 +5,12 @@ from __future__ import annotations
 from memkd_stream.errors import ErrorCode, MemkdStreamError
 
 __all__ = [
+    "ActiveChanged",
     "ArtifactRejected",
     "ChecksumMismatch",
     "NoRollbackTarget",
+    "ParentNeeded",
+    "ShadowRefused",
     "StoreUnavailable",
     "UnknownLine",
     "UnknownVersion",
@@ -55,3 +58,21 @@ class NoRollbackTarget(MemkdStreamError):
     """Rollback has nothing to go back to (no earlier activation, or it was deleted)."""
 
     code: str = ErrorCode.NO_ROLLBACK_TARGET
+
+
+class ParentNeeded(MemkdStreamError):
+    """Refused: deleting a full version that a stored delta is composed with."""
+
+    code: str = ErrorCode.PARENT_NEEDED
+
+
+class ShadowRefused(MemkdStreamError):
+    """A version that cannot shadow the active one (itself, or another input)."""
+
+    code: str = ErrorCode.SHADOW_REFUSED
+
+
+class ActiveChanged(MemkdStreamError):
+    """Refused: the active version changed since a new one was compared with it."""
+
+    code: str = ErrorCode.ACTIVE_CHANGED

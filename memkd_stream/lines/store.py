@@ -4,15 +4,18 @@ Keys (``<p>`` = prefix, ``<L>`` = line id, ``<n>`` = version):
 
 - ``<p>line:<L>:seq``                  INCR -> next version; concurrent publishers never clash.
 - ``<p>line:<L>:v:<n>:chunk:<i>``      artifact bytes, chunks of at most ``chunk_bytes``.
-- ``<p>line:<L>:meta:<n>``             hash: sha256, size, chunks, created_at, metadata (JSON), ...
+- ``<p>line:<L>:meta:<n>``             hash: sha256, size, chunks, created_at, metadata (JSON),
+                                       parent (a delta's full parent version), ...
 - ``<p>line:<L>:versions``             sorted set of visible versions (score = version).
 - ``<p>line:<L>:current``              the active version.
+- ``<p>line:<L>:shadow``               the version workers also score the line with, if any.
 - ``<p>line:<L>:history``              list of activations, newest first:
-                                       JSON ``{"version", "at", "who", "action"}``.
+                                       JSON ``{"version", "at", "who", "action", "reason"}``.
 - ``<p>line:<L>:late_policy``          the line's late policy override (an operations choice,
                                        never in the artifact); absent = the workers' setting.
 - ``<p>lines``                         set of line ids.
-- channel ``<p>events``                JSON ``{"line", "version", "action"}``, one per activation.
+- channel ``<p>events``                JSON ``{"line", "version", "action"}``, one per activation
+                                       and one per shadow change (``action`` "shadow").
 
 Invariants:
 
@@ -27,8 +30,15 @@ Invariants:
 - Rollback activates the version that was active before the current one: the newest history entry
   whose version differs from the current version. Rolling back twice therefore returns to where
   you started (like ``cd -``); to go further back, activate a version by number.
-- Retention keeps the newest K versions and never deletes the current version or the one a
-  rollback would activate. ``delete`` refuses the current version.
+- Retention keeps the newest K versions and never deletes the current version, the one a
+  rollback would activate, the shadow, or the full parent of any version it keeps. ``delete``
+  refuses the current version and a parent that a stored delta needs.
+- A delta (``memkd.lineage``) is published only when its full parent is stored in the same line
+  with the sha256 the delta names; its meta records the parent's version, which workers fetch
+  and compose it with. Publishing WATCHes the parent's meta, so a concurrent delete of the
+  parent cannot slip between the check and the version becoming visible.
+- Activating the shadow version, or rolling back, ends shadowing (in the same MULTI/EXEC).
+- Every history entry says why (``reason``: ``memkd_stream.lines.activation.ActivationReason``).
 - Every read of artifact bytes checks the sha256 recorded at publish time.
 """
 
@@ -44,14 +54,20 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal, NoReturn, cast
 
 import redis
+from memkd.lineage import ParentRef, input_differences, is_delta, parent_of
 
 from memkd_stream.contract.lateness import LatePolicy
 from memkd_stream.contract.line_id import validate_line_id
 from memkd_stream.errors import MemkdStreamError
+from memkd_stream.lines.activation import ActivationReason
 from memkd_stream.lines.artifact_file import read_artifact_record, sidecar_sha256
 from memkd_stream.lines.errors import (
+    ActiveChanged,
+    ArtifactRejected,
     ChecksumMismatch,
     NoRollbackTarget,
+    ParentNeeded,
+    ShadowRefused,
     StoreUnavailable,
     UnknownLine,
     UnknownVersion,
@@ -71,6 +87,13 @@ PENDING_CHUNK_TTL_S = 24 * 3600
 # History is for operators and rollback; a few hundred activations is years of retraining.
 HISTORY_MAX = 500
 _WATCH_RETRIES = 20
+
+
+class _Any:
+    """The type of ``ANY``: "whatever the active version is" (``activate(expect_current=)``)."""
+
+
+ANY = _Any()
 
 
 def _now_iso() -> str:
@@ -197,7 +220,8 @@ class LineStore:
         """What was recorded at publish time; ``metadata`` is the artifact's own record.
 
         Keys: line, version, sha256, size, chunks, chunk_bytes, created_at, published_by, source,
-        metadata. Raises UnknownLine / UnknownVersion.
+        parent (the full version a delta applies to, else None), metadata, notes (what the
+        publisher added: the activation gate's figures). Raises UnknownLine / UnknownVersion.
         """
         validate_line_id(line)
         with self._guard():
@@ -215,11 +239,21 @@ class LineStore:
             "created_at": fields.get("created_at"),
             "published_by": fields.get("published_by"),
             "source": fields.get("source"),
+            "parent": int(parent) if (parent := fields.get("parent")) else None,
             "metadata": json.loads(fields.get("metadata") or "{}"),
+            "notes": json.loads(fields.get("notes") or "{}"),
         }
 
+    def shadow(self, line: str) -> int | None:
+        """The version workers also score ``line`` with (``set_shadow``), or None."""
+        validate_line_id(line)
+        with self._guard():
+            value = self._r.get(self._k(line, "shadow"))
+        return int(value) if value is not None else None
+
     def history(self, line: str) -> list[dict[str, Any]]:
-        """Activations, newest first: ``{"version", "at", "who", "action"}``. Raises UnknownLine."""
+        """Activations, newest first: ``{"version", "at", "who", "action", "reason"}`` (entries
+        written before reasons were recorded have none). Raises UnknownLine."""
         validate_line_id(line)
         with self._guard():
             raw = self._r.lrange(self._k(line, "history"), 0, -1)
@@ -297,16 +331,26 @@ class LineStore:
     # ---- writes ----------------------------------------------------------------------------
 
     def publish(
-        self, line: str, artifact_path: Path, *, activate: bool = True, who: str = "cli"
+        self,
+        line: str,
+        artifact_path: Path,
+        *,
+        activate: bool = True,
+        who: str = "cli",
+        reason: ActivationReason = ActivationReason.OPERATOR,
+        notes: dict[str, Any] | None = None,
     ) -> int:
         """Upload the artifact file as the next version of ``line``; activate it unless told not.
 
         Returns the new version number. The file must be a memkd line artifact; when a
-        ``<file>.sha256`` sits beside it, it must match the bytes read.
+        ``<file>.sha256`` sits beside it, it must match the bytes read. A delta's full parent
+        must be stored in this line (``ArtifactRejected`` otherwise). ``reason`` goes into the
+        history when it activates; ``notes`` (JSON) is kept in the meta (the gate's figures).
         """
         validate_line_id(line)
         path = Path(artifact_path)
         record = read_artifact_record(path)
+        parent = self._parent_version(line, record, path)
         with self._guard():
             version = int(self._r.incr(self._k(line, "seq")))
         written = 0
@@ -339,14 +383,11 @@ class LineStore:
                 "source": path.name,
                 "metadata": json.dumps(record, separators=(",", ":"), sort_keys=True),
             }
-            with self._guard():
-                pipe = self._r.pipeline(transaction=True)
-                for index in range(written):
-                    pipe.persist(self._chunk_key(line, version, index))
-                pipe.hset(self._k(line, "meta", version), mapping=meta)
-                pipe.zadd(self._k(line, "versions"), {str(version): version})
-                pipe.sadd(f"{self._prefix}lines", line)
-                results = pipe.execute()
+            if parent is not None:
+                meta["parent"] = parent
+            if notes:
+                meta["notes"] = json.dumps(notes, separators=(",", ":"), sort_keys=True)
+            results = self._make_visible(line, version, written, meta, parent)
             if not all(results[:written]):  # a pending chunk expired: never serve a hole
                 self._drop_version(line, version, written)
                 raise ChecksumMismatch(
@@ -356,24 +397,119 @@ class LineStore:
             self._forget_chunks(line, version, written)
             raise
         if activate:
-            self.activate(line, version, who=who, action="publish")
+            self.activate(line, version, who=who, action="publish", reason=reason)
         self.apply_retention(line)
         return version
 
-    def activate(self, line: str, version: int, *, who: str, action: str = "activate") -> None:
-        """Make ``version`` the active one: SET current + history + event in one MULTI/EXEC."""
+    def activate(
+        self,
+        line: str,
+        version: int,
+        *,
+        who: str,
+        action: str = "activate",
+        reason: ActivationReason = ActivationReason.OPERATOR,
+        expect_current: int | _Any | None = ANY,
+    ) -> None:
+        """Make ``version`` the active one: SET current + history + event in one MULTI/EXEC
+        (ending shadowing when ``version`` was the shadow).
+
+        ``expect_current``: activate only if this is still the active version (None: none is);
+        otherwise ``ActiveChanged`` (a gate compared against a version no longer active).
+        """
         validate_line_id(line)
         version = int(version)
-        meta_key = self._k(line, "meta", version)
+        meta_key, shadow_key = self._k(line, "meta", version), self._k(line, "shadow")
+        current_key = self._k(line, "current")
 
         def txn(pipe: redis.client.Pipeline) -> None:
             if not pipe.exists(meta_key):
                 pipe.reset()
                 self._raise_missing(line, version)
+            if expect_current is not ANY:
+                raw = pipe.get(current_key)
+                current = int(cast(bytes, raw)) if raw is not None else None
+                if current != expect_current:
+                    pipe.reset()
+                    raise ActiveChanged(
+                        f"line {line}: the active version is now {current}, not "
+                        f"{expect_current} as when {line}@{version} was compared with it; "
+                        f"compare again, or `memkd-stream lines activate {line} {version}`"
+                    )
+            shadow = pipe.get(shadow_key)
             pipe.multi()
-            self._queue_activation(pipe, line, version, who=who, action=action)
+            if shadow is not None and int(cast(bytes, shadow)) == version:
+                pipe.delete(shadow_key)
+            self._queue_activation(pipe, line, version, who=who, action=action, reason=reason)
+
+        self._transaction(txn, meta_key, shadow_key, current_key)
+
+    def annotate(self, line: str, version: int, notes: dict[str, Any]) -> None:
+        """Merge ``notes`` (JSON) into what ``meta`` reports for ``line@version``."""
+        validate_line_id(line)
+        meta_key = self._k(line, "meta", int(version))
+
+        def txn(pipe: redis.client.Pipeline) -> None:
+            raw = pipe.hget(meta_key, "notes")
+            if raw is None and not pipe.exists(meta_key):
+                pipe.reset()
+                self._raise_missing(line, version)
+            merged = {**json.loads(cast(bytes, raw) or b"{}"), **notes}
+            pipe.multi()
+            pipe.hset(meta_key, "notes", json.dumps(merged, separators=(",", ":"), sort_keys=True))
 
         self._transaction(txn, meta_key)
+
+    def set_shadow(self, line: str, version: int | None) -> None:
+        """Make workers also score ``line`` with ``version`` (None: stop), and tell them.
+
+        Refused (``ShadowRefused``) for the active version and for one that cannot share the
+        active one's teacher features (backbone, input size, normalisation, region of
+        interest: ``memkd.lineage.input_differences``).
+        """
+        validate_line_id(line)
+        current_key, shadow_key = self._k(line, "current"), self._k(line, "shadow")
+        meta_key = self._k(line, "meta", int(version)) if version is not None else None
+
+        def txn(pipe: redis.client.Pipeline) -> None:
+            if version is not None:
+                self._check_shadow(pipe, line, int(version))
+            pipe.multi()
+            if version is None:
+                pipe.delete(shadow_key)
+            else:
+                pipe.set(shadow_key, int(version))
+            event = {"line": line, "version": version, "action": "shadow"}
+            pipe.publish(self.events_channel, json.dumps(event))
+
+        self._transaction(txn, current_key, shadow_key, *([meta_key] if meta_key else []))
+
+    def _check_shadow(self, pipe: redis.client.Pipeline, line: str, version: int) -> None:
+        """(inside a WATCH) Refuse a shadow that is missing, active or of another input."""
+        raw_current = pipe.get(self._k(line, "current"))
+        if raw_current is None:
+            pipe.reset()
+            self._require_line(line)
+            raise ShadowRefused(f"line {line} has no active version to shadow")
+        current = int(cast(bytes, raw_current))
+        if current == version:
+            pipe.reset()
+            raise ShadowRefused(f"{line}@{version} is the active version; it cannot shadow itself")
+        shadow_meta = pipe.hget(self._k(line, "meta", version), "metadata")
+        if shadow_meta is None:
+            pipe.reset()
+            self._raise_missing(line, version)
+        active_meta = pipe.hget(self._k(line, "meta", current), "metadata")
+        differences = input_differences(
+            json.loads(cast(bytes, active_meta) or b"{}"), json.loads(cast(bytes, shadow_meta))
+        )
+        if differences:
+            pipe.reset()
+            raise ShadowRefused(
+                f"{line}@{version} cannot shadow {line}@{current}: it does not share the active "
+                f"version's input ({'; '.join(differences)}), so the teacher's features could "
+                "not be shared"
+            )
 
     def set_late_policy(self, line: str, policy: LatePolicy | None) -> None:
         """Set (or with None clear) the line's late policy override and tell the workers: the
@@ -420,16 +556,21 @@ class LineStore:
                 )
             chosen[:] = [target]
             pipe.multi()
-            self._queue_activation(pipe, line, target, who=who, action="rollback")
+            pipe.delete(self._k(line, "shadow"))  # a rollback ends any trial
+            self._queue_activation(
+                pipe, line, target, who=who, action="rollback", reason=ActivationReason.ROLLBACK
+            )
 
         self._transaction(txn, current_key, history_key)
         return chosen[0]
 
     def delete(self, line: str, version: int) -> None:
-        """Delete one version (meta, chunks, listing). Refuses the current version."""
+        """Delete one version (meta, chunks, listing). Refuses the current version and the
+        parent of any stored delta (``ParentNeeded``)."""
         validate_line_id(line)
         version = int(version)
         current_key, meta_key = self._k(line, "current"), self._k(line, "meta", version)
+        versions_key = self._k(line, "versions")
 
         def txn(pipe: redis.client.Pipeline) -> None:
             raw_chunks = pipe.hget(meta_key, "chunks")
@@ -443,29 +584,44 @@ class LineStore:
                     f"{line}@{version} is the active version and workers serve it; activate or "
                     f"roll back to another version first",
                 )
+            stored = _versions(pipe.zrange(versions_key, 0, -1))
+            children = [v for v, parent in self._parents(pipe, line, stored) if parent == version]
+            if children:
+                pipe.reset()
+                named = ", ".join(f"{line}@{v}" for v in children)
+                raise ParentNeeded(
+                    f"{line}@{version} is the full parent of {named} (deltas that workers "
+                    f"compose with it); delete those first"
+                )
             pipe.multi()
             self._queue_drop(pipe, line, version, int(cast(bytes, raw_chunks)))
 
-        self._transaction(txn, current_key, meta_key)
+        self._transaction(txn, current_key, meta_key, versions_key)
 
     def apply_retention(self, line: str) -> list[int]:
-        """Delete all but the newest K versions, sparing current and the rollback target.
+        """Delete all but the newest K versions, sparing current, the rollback target, the
+        shadow, and the full parent of every version kept.
 
         Returns the versions deleted.
         """
         validate_line_id(line)
         current_key, history_key = self._k(line, "current"), self._k(line, "history")
+        shadow_key = self._k(line, "shadow")
         deleted: list[int] = []
 
         def txn(pipe: redis.client.Pipeline) -> None:
             stored = _versions(pipe.zrange(self._k(line, "versions"), 0, -1))
             keep = set(stored[-self._retention :])
-            current = pipe.get(current_key)
-            if current is not None:
-                keep.add(int(current))
+            for key in (current_key, shadow_key):
+                value = pipe.get(key)
+                if value is not None:
+                    keep.add(int(cast(bytes, value)))
             target = self._rollback_target(pipe, line)
             if target is not None:
                 keep.add(target)
+            for _, parent in self._parents(pipe, line, sorted(keep & set(stored))):
+                if parent is not None:
+                    keep.add(parent)  # a kept delta needs its full parent
             victims = [v for v in stored if v not in keep]
             chunk_counts = [pipe.hget(self._k(line, "meta", v), "chunks") for v in victims]
             pipe.multi()
@@ -473,15 +629,28 @@ class LineStore:
                 self._queue_drop(pipe, line, victim, int(chunks or 0))
             deleted[:] = victims
 
-        self._transaction(txn, current_key, history_key, self._k(line, "versions"))
+        self._transaction(txn, current_key, history_key, shadow_key, self._k(line, "versions"))
         return deleted
 
     # ---- internals -------------------------------------------------------------------------
 
     def _queue_activation(
-        self, pipe: redis.client.Pipeline, line: str, version: int, *, who: str, action: str
+        self,
+        pipe: redis.client.Pipeline,
+        line: str,
+        version: int,
+        *,
+        who: str,
+        action: str,
+        reason: ActivationReason,
     ) -> None:
-        entry = {"version": version, "at": _now_iso(), "who": who, "action": action}
+        entry = {
+            "version": version,
+            "at": _now_iso(),
+            "who": who,
+            "action": action,
+            "reason": str(reason),
+        }
         event = {"line": line, "version": version, "action": action}
         pipe.set(self._k(line, "current"), version)
         pipe.lpush(self._k(line, "history"), json.dumps(entry))
@@ -496,6 +665,65 @@ class LineStore:
         pipe.unlink(self._k(line, "meta", version), *keys)
         pipe.zrem(self._k(line, "versions"), str(version))
 
+    def _parents(
+        self, pipe: redis.client.Pipeline, line: str, versions: list[int]
+    ) -> list[tuple[int, int | None]]:
+        """(version, its full parent or None) for ``versions`` (immediate-mode reads)."""
+        out: list[tuple[int, int | None]] = []
+        for v in versions:
+            raw = pipe.hget(self._k(line, "meta", v), "parent")
+            out.append((v, int(cast(bytes, raw)) if raw else None))
+        return out
+
+    def _parent_version(self, line: str, record: dict[str, Any], path: Path) -> int | None:
+        """The stored full version a delta applies to (None for a full artifact): the version
+        it names when the sha256 matches, else the newest full version with that sha256 (a
+        delta made offline, or its parent published again)."""
+        if not is_delta(record):
+            return None
+        try:
+            ref = parent_of(record)
+        except ValueError as exc:
+            raise ArtifactRejected(f"{path}: {exc}") from None
+        assert ref is not None
+        stored = self.versions(line) if self._exists_line(line) else []
+        order = sorted(stored, reverse=True)
+        if ref.version in stored and ref.line in (None, line):
+            order.remove(ref.version)
+            order.insert(0, ref.version)
+        for version in order:
+            meta = self.meta(line, version)
+            if meta["sha256"] == ref.sha256 and not is_delta(meta["metadata"]):
+                return version
+        raise ArtifactRejected(_missing_parent(line, ref, path))
+
+    def _exists_line(self, line: str) -> bool:
+        with self._guard():
+            return bool(self._r.sismember(f"{self._prefix}lines", line))
+
+    def _make_visible(
+        self, line: str, version: int, written: int, meta: dict[Any, str | int], parent: int | None
+    ) -> list[Any]:
+        """Persist the chunks and publish the meta, listing and line in one MULTI/EXEC, under
+        WATCH of the parent's meta (a parent deleted meanwhile refuses the delta)."""
+        parent_key = self._k(line, "meta", parent) if parent is not None else None
+
+        def txn(pipe: redis.client.Pipeline) -> None:
+            if parent_key is not None and not pipe.exists(parent_key):
+                pipe.reset()
+                raise ArtifactRejected(
+                    f"{line}@{parent}, the full parent of this delta, was deleted while it was "
+                    "being published; publish the parent again first"
+                )
+            pipe.multi()
+            for index in range(written):
+                pipe.persist(self._chunk_key(line, version, index))
+            pipe.hset(self._k(line, "meta", version), mapping=meta)
+            pipe.zadd(self._k(line, "versions"), {str(version): version})
+            pipe.sadd(f"{self._prefix}lines", line)
+
+        return self._transaction(txn, *([parent_key] if parent_key else []))
+
     def _rollback_target(self, pipe: redis.client.Pipeline, line: str) -> int | None:
         """The newest history entry whose version differs from current (immediate-mode read)."""
         current = pipe.get(self._k(line, "current"))
@@ -508,16 +736,17 @@ class LineStore:
                 return version
         return None
 
-    def _transaction(self, body: Callable[[redis.client.Pipeline], None], *watch: str) -> None:
-        """Run ``body`` under WATCH ``watch``; retry when a concurrent writer changed them."""
+    def _transaction(self, body: Callable[[redis.client.Pipeline], None], *watch: str) -> list[Any]:
+        """Run ``body`` under WATCH ``watch``; retry when a concurrent writer changed them.
+        Returns the EXEC replies."""
         with self._guard():
             for _ in range(_WATCH_RETRIES):
                 with self._r.pipeline(transaction=True) as pipe:
                     try:
-                        pipe.watch(*watch)
+                        if watch:
+                            pipe.watch(*watch)
                         body(pipe)
-                        pipe.execute()
-                        return
+                        return list(pipe.execute())
                     except redis.WatchError:
                         continue
             raise StoreUnavailable(
@@ -556,6 +785,15 @@ class LineStore:
 
     def _guard(self) -> _RedisGuard:
         return _RedisGuard(self._location, self._prefix)
+
+
+def _missing_parent(line: str, ref: ParentRef, path: Path) -> str:
+    named = f"version {ref.version} of line {ref.line or line}, " if ref.version else ""
+    return (
+        f"{path} is a delta of the full artifact with sha256 {ref.sha256[:12]}… ({named}not "
+        f"stored in line {line}); workers could not compose it. Publish the parent to line "
+        f"{line} first, or publish a full artifact"
+    )
 
 
 class _RedisGuard:

@@ -11,6 +11,9 @@ committed everything while its probes stayed green. The rules, by exception type
   are ``model-error`` (their own fault). When every image fails alone, a plain gray image is
   scored: if that fails too, it is a device fault, else each image is a ``model-error``.
 
+A line's shadow version (``lines shadow``) is scored inside the same call on the same teacher
+features, but its errors are caught in ``Engine.score_batch``: they reach none of these rules.
+
 A device fault opens the circuit (``DeviceFault``): the worker stops consuming, dead-letters
 nothing more, fails its probes and exits 4 after leaving the group; the records stay
 uncommitted for a worker whose device works.
@@ -25,7 +28,7 @@ import numpy as np
 import torch
 
 from memkd_stream.errors import ErrorCode, MemkdStreamError
-from memkd_stream.worker.engine import Engine, LoadedLine
+from memkd_stream.worker.engine import Engine, LoadedLine, ShadowScores
 from memkd_stream.worker.work_item import WorkItem
 
 __all__ = ["DeviceFault", "DeviceGuard", "Scored"]
@@ -45,6 +48,7 @@ class Scored:
     maps: np.ndarray  # [n, H, W] float32
     scores: list[float]
     forward_s: float
+    shadow: ShadowScores | None = None  # the line's shadow version, on the same features
 
 
 class DeviceGuard:
@@ -104,10 +108,10 @@ class DeviceGuard:
     def _score(self, loaded: LoadedLine, items: list[WorkItem]) -> Scored:
         started = time.perf_counter()
         batch = torch.stack([_tensor(item) for item in items])
-        result = self.engine.score(loaded, batch)
+        result, shadow = self.engine.score_batch(loaded, batch)  # shadow failures never raise
         maps = result.maps[:, 0].detach().float().cpu().numpy()
         scores = [float(s) for s in result.scores.detach().float().cpu()]
-        return Scored(items, maps, scores, time.perf_counter() - started)
+        return Scored(items, maps, scores, time.perf_counter() - started, shadow)
 
 
 def _tensor(item: WorkItem) -> torch.Tensor:

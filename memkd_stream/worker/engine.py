@@ -20,6 +20,18 @@ waiting on Redis timeouts. Broken artifact bytes are remembered per version (a p
 is immutable) and never downloaded again; a broken version offered by a swap is refused and the
 old version keeps serving.
 
+Deltas (DESIGN.md §5). A delta version is composed with its full parent (``memkd.delta``): onto
+the model already held when that model is the same parent, or a delta of it that replaced no
+tensor the new delta does not replace (a refit or threshold change then moves only the delta's
+bytes), else with the parent fetched from the store. A missing or mismatched parent is refused
+like a broken artifact.
+
+Shadow. A line may carry a shadow version (``LoadedLine.shadow``), loaded on the hot-swap or
+loader thread only after it proves to share the active version's input
+(``memkd.lineage.input_differences``), so one teacher forward serves both students
+(``score_batch``). A shadow failure is logged and counted, never raised: it costs neither the
+active result nor a device fault.
+
 Besides models, the engine holds what this worker knows about lines in Redis, which the hot-swap
 thread keeps current: which lines exist (``directory``) and their late policies
 (``late_policies``).
@@ -35,7 +47,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import redis
@@ -43,11 +55,18 @@ import torch
 from memkd.anomaly import AnomalyResult
 from memkd.artifact import ArtifactError
 from memkd.backbones import Teacher, load_teacher
+from memkd.delta import load_delta
 from memkd.line_model import LineModel
+from memkd.lineage import delta_tensor_names, input_differences, is_delta
 from memkd.precision import resolve_precision
 
 from memkd_stream.errors import ErrorCode, MemkdStreamError
-from memkd_stream.lines.errors import ChecksumMismatch, StoreUnavailable, UnknownLine
+from memkd_stream.lines.errors import (
+    ChecksumMismatch,
+    StoreUnavailable,
+    UnknownLine,
+    UnknownVersion,
+)
 from memkd_stream.log import get_logger
 from memkd_stream.worker.late_policies import LatePolicies
 from memkd_stream.worker.line_directory import LineDirectory
@@ -62,6 +81,8 @@ __all__ = [
     "Engine",
     "LineUnavailable",
     "LoadedLine",
+    "ShadowModel",
+    "ShadowScores",
     "UnknownLine",
     "resolve_device",
 ]
@@ -88,14 +109,41 @@ class ArtifactMismatch(MemkdStreamError):
 
 
 @dataclass(frozen=True)
+class ShadowModel:
+    """The version a line is also scored with (``lines shadow``), sharing its teacher features."""
+
+    version: int
+    model: LineModel
+
+
+@dataclass(frozen=True)
+class ShadowScores:
+    """What the shadow version said about one batch: its scores, or why it could not."""
+
+    model_version: str
+    threshold: float | None
+    scores: list[float] | None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
 class LoadedLine:
-    """One version of a line's model, ready to score (immutable; swaps replace it whole)."""
+    """One version of a line's model, ready to score (immutable; swaps replace it whole).
+
+    ``base_version``/``base_sha256``: the full artifact its weights come from (itself unless it
+    is a delta); ``replaced``: the tensors a delta replaced in it; ``shadow``: the version it is
+    also scored with, if any.
+    """
 
     line: str
     version: int
     model: LineModel
     teacher: Teacher
     backbone: str
+    base_version: int = 0
+    base_sha256: str = ""
+    replaced: tuple[str, ...] = ()
+    shadow: ShadowModel | None = None
 
     @property
     def model_version(self) -> str:
@@ -104,7 +152,8 @@ class LoadedLine:
 
     @property
     def nbytes(self) -> int:
-        return int(self.model.nbytes)
+        shadow = int(self.shadow.model.nbytes) if self.shadow is not None else 0
+        return int(self.model.nbytes) + shadow
 
 
 def resolve_device(setting: str) -> torch.device:
@@ -160,6 +209,7 @@ class Engine:
         self._loads: dict[str, Future[LoadedLine]] = {}
         threading.Thread(target=self._load_forever, name="memkd-load", daemon=True).start()
         self._refused: dict[str, dict[int, str]] = {}  # line -> broken version -> why
+        self._refused_shadows: set[tuple[str, int, int]] = set()  # (line, shadow, active)
         self._store_down_until = 0.0
         self._store_retry_s = _STORE_RETRY_START_S
 
@@ -198,6 +248,11 @@ class Engine:
         with self._lock:
             return sum(loaded.nbytes for loaded in self._cache.values())
 
+    def _peek(self, line: str) -> LoadedLine | None:
+        """The held entry of ``line`` without touching the LRU order."""
+        with self._lock:
+            return self._cache.get(line)
+
     def _lookup(self, line: str) -> LoadedLine | None:
         with self._lock:
             loaded = self._cache.get(line)
@@ -235,9 +290,14 @@ class Engine:
         or ``memkd`` raise; callers classify."""
         buffer = io.BytesIO()
         meta = self.store.fetch_artifact_to(line, version, buffer)  # sha256-checked by the store
-        backbone = _backbone_of(meta.get("metadata") or {})
+        record = meta.get("metadata") or {}
+        backbone = _backbone_of(record)
         teacher = self.teacher(backbone)
-        model = LineModel.load(buffer.getvalue(), teacher, expected_sha256=meta["sha256"])
+        base_version, base_sha256 = version, str(meta["sha256"])
+        if is_delta(record):
+            model, base_version, base_sha256 = self._compose(line, version, meta, buffer, teacher)
+        else:
+            model = LineModel.load(buffer.getvalue(), teacher, expected_sha256=meta["sha256"])
         if model.calibrated_precision != self.precision:  # allowed: MEMKD.md §6 gives the parity
             self.log.info(
                 "line model scores at another precision than it was calibrated at",
@@ -247,8 +307,47 @@ class Engine:
                 calibrated_precision=model.calibrated_precision.value,
             )
         return LoadedLine(
-            line=line, version=version, model=model, teacher=teacher, backbone=backbone
+            line=line,
+            version=version,
+            model=model,
+            teacher=teacher,
+            backbone=backbone,
+            base_version=base_version,
+            base_sha256=base_sha256,
+            replaced=delta_tensor_names(record),
         )
+
+    def _compose(
+        self, line: str, version: int, meta: dict[str, Any], buffer: io.BytesIO, teacher: Teacher
+    ) -> tuple[LineModel, int, str]:
+        """A delta composed with its full parent: onto the held model when it has the parent's
+        weights wherever the delta keeps them, else with the parent's bytes from the store."""
+        parent = meta.get("parent")
+        if parent is None:
+            raise ArtifactMismatch(
+                f"{line}@{version} is a delta, but the store does not say which version is its "
+                "parent; publish it again"
+            )
+        names = set(delta_tensor_names(meta.get("metadata") or {}))
+        held = self._peek(line)
+        if held is not None and held.base_version == parent and set(held.replaced) <= names:
+            model = load_delta(
+                buffer.getvalue(), held.model, teacher, meta["sha256"],
+                parent_sha256=held.base_sha256,
+            )  # fmt: skip
+            return model, held.base_version, held.base_sha256
+        parent_buffer = io.BytesIO()
+        try:
+            parent_meta = self.store.fetch_artifact_to(line, parent, parent_buffer)
+        except UnknownVersion as exc:
+            raise ArtifactMismatch(
+                f"{line}@{version} is a delta of {line}@{parent}, which is not in the store ({exc})"
+            ) from exc
+        model = load_delta(
+            buffer.getvalue(), parent_buffer.getvalue(), teacher, meta["sha256"],
+            parent_sha256=parent_meta["sha256"],
+        )  # fmt: skip
+        return model, int(parent), str(parent_meta["sha256"])
 
     def _check_store_gate(self, line: str) -> None:
         """Fail fast while Redis is known to be down (one probe per retry window), so that
@@ -326,6 +425,15 @@ class Engine:
                 future.set_result(self._load_active(line))
             except BaseException as exc:  # handed to whoever waits for this line
                 future.set_exception(exc)
+                continue
+            self._attach_shadow(line)  # after the active model serves: never delays it
+
+    def _attach_shadow(self, line: str) -> None:
+        """(loader thread) Load the line's shadow, if it has one; failures are only logged."""
+        try:
+            self.sync_shadow(line, self.store.shadow(line))
+        except Exception as exc:  # the hot-swap thread's next re-read tries again
+            self.log.warning("shadow version not loaded", line=line, error=str(exc))
 
     def _load_active(self, line: str) -> LoadedLine:
         """(loader thread) Read the line's active version and load it into the cache."""
@@ -406,13 +514,68 @@ class Engine:
             return False
         self._store_ok()
         with self._lock:
-            still_held = line in self._cache
-        if not still_held:  # evicted while loading: do not grow the cache behind its back
+            previous = self._cache.get(line)
+        if previous is None:  # evicted while loading: do not grow the cache behind its back
             return False
+        shadow = previous.shadow
+        if (
+            shadow is not None
+            and shadow.version != version
+            and not self._input_differences(loaded, shadow.model, shadow.version)
+        ):
+            loaded = replace(loaded, shadow=shadow)  # the trial goes on with the new version
         self._insert(loaded)
         self.log.info("line model swapped", line=line, version=version, previous=held_now)
         self.metrics.swap(line, version)
         return True
+
+    def sync_shadow(self, line: str, version: int | None) -> None:
+        """(hot-swap or loader thread) Make the held ``line`` also score with ``version`` (None:
+        stop). A version that cannot load or does not share the active one's input is refused
+        (logged once, not retried while the same version is active). Store errors propagate so
+        the caller can back off and retry."""
+        held = self._peek(line)
+        if held is None:
+            return
+        have = held.shadow.version if held.shadow is not None else None
+        if version == have:
+            return
+        if version is None or version == held.version:
+            self._set_shadow(held, None)
+            self.log.info("shadow scoring ended", line=line, version=have)
+            return
+        if (line, version, held.version) in self._refused_shadows:
+            return
+        try:
+            loaded = self._load(line, version)
+        except Exception as exc:
+            if _is_store_fault(exc):
+                raise
+            self._refuse_shadow(line, version, held.version, str(exc))
+            return
+        if self._input_differences(held, loaded.model, version):
+            return
+        self._set_shadow(held, ShadowModel(version, loaded.model))
+        self.log.info("shadow scoring started", line=line, version=version, active=held.version)
+
+    def _input_differences(self, active: LoadedLine, shadow: LineModel, version: int) -> list[str]:
+        """What keeps ``shadow`` from sharing ``active``'s teacher features (refused if any)."""
+        differences = input_differences(active.model.record(), shadow.record())
+        if differences:
+            reason = "it does not share the active version's input: " + "; ".join(differences)
+            self._refuse_shadow(active.line, version, active.version, reason)
+        return differences
+
+    def _refuse_shadow(self, line: str, version: int, active: int, reason: str) -> None:
+        self._refused_shadows.add((line, version, active))
+        self.metrics.shadow_failed(line)
+        self.log.warning("shadow version refused", line=line, version=version, error=reason)
+
+    def _set_shadow(self, held: LoadedLine, shadow: ShadowModel | None) -> None:
+        """Replace ``held`` by a copy with ``shadow``, unless a swap replaced it meanwhile."""
+        with self._lock:
+            if self._cache.get(held.line) is held:
+                self._cache[held.line] = replace(held, shadow=shadow)
 
     def preload(
         self, lines: list[str] | tuple[str, ...] = (), beat: Callable[[], None] = lambda: None
@@ -468,6 +631,27 @@ class Engine:
         """Score a batch [B, 3, H, W] with the line's model (maps and scores via ``memkd``)."""
         # LineModel.score moves the batch to the model's device and runs it at the precision.
         return loaded.model.score(loaded.teacher, batch, self.precision)
+
+    def score_batch(
+        self, loaded: LoadedLine, batch: torch.Tensor
+    ) -> tuple[AnomalyResult, ShadowScores | None]:
+        """The active result, and the shadow version's scores on the same teacher features
+        when the line has one. Only the active path may raise (the device guard judges it)."""
+        shadow = loaded.shadow
+        if shadow is None:
+            return self.score(loaded, batch), None
+        features = loaded.model.teacher_features(loaded.teacher, batch, self.precision)
+        result = loaded.model.score_features(features, self.precision)
+        ref = f"{loaded.line}@{shadow.version}"
+        try:
+            scores = shadow.model.score_features(features, self.precision).scores
+            values = [float(v) for v in scores.detach().float().cpu()]
+            return result, ShadowScores(ref, float(shadow.model.threshold), values)
+        except Exception as exc:  # a shadow never costs the active result or the device
+            self.metrics.shadow_failed(loaded.line)
+            self.log.warning("shadow scoring failed", line=loaded.line, version=shadow.version,
+                             error=f"{type(exc).__name__}: {exc}")  # fmt: skip
+            return result, ShadowScores(ref, None, None, f"{type(exc).__name__}: {exc}")
 
 
 def _is_store_fault(exc: BaseException) -> bool:

@@ -1,11 +1,12 @@
 """Hot swap: follow line activations in Redis and swap held line models in the background.
 
-Each activation publishes ``{"line", "version", "action"}`` on the store's events channel
-(DESIGN.md §5). Pub/sub is fire-and-forget — a worker that is disconnected, or slow to subscribe,
-misses events — so the channel is only a hint: the source of truth is each line's ``current`` key.
-``HotSwapper`` therefore re-reads ``current`` of every held line after each (re)subscribe and every
-``refresh_interval_s``, and on an event about a held line. A missed event delays a swap by at most
-one refresh interval; it never loses it.
+Each activation, and each change of a line's shadow version, publishes
+``{"line", "version", "action"}`` on the store's events channel (DESIGN.md §5). Pub/sub is
+fire-and-forget — a worker that is disconnected, or slow to subscribe, misses events — so the
+channel is only a hint: the source of truth is each line's ``current`` (and ``shadow``) key.
+``HotSwapper`` therefore re-reads both for every held line after each (re)subscribe and every
+``refresh_interval_s``, and on an event about a held line. A missed event delays a swap (or a
+shadow) by at most one refresh interval; it never loses it.
 
 Loading runs on this thread (``Engine.swap``), never on the worker's: the worker keeps scoring on
 the old version and picks up the new one between batches. Lines the worker does not hold are
@@ -229,6 +230,8 @@ class HotSwapper:
     def _sync_line(self, line: str) -> None:
         version = self.store.current(line)
         held = self.engine.held_lines().get(line)
-        if version is None or held is None or held == version:
+        if held is None:
             return
-        self.engine.swap(line, version)  # logs and counts the swap or the refusal
+        if version is not None and held != version:
+            self.engine.swap(line, version)  # logs and counts the swap or the refusal
+        self.engine.sync_shadow(line, self.store.shadow(line))

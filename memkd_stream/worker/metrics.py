@@ -178,6 +178,20 @@ class WorkerMetrics:
             buckets=_SCORE_BUCKETS,
             registry=r,
         )
+        # Shadow scoring (lines shadow): how often the tried version's verdict differs from the
+        # active one's, and how often it failed or was refused (never costing a result).
+        self.shadow_verdicts = Counter(
+            "memkd_shadow_verdicts",
+            "Images scored by a line's shadow version, by agreement with the active verdict",
+            ["line", "agreement"],
+            registry=r,
+        )
+        self.shadow_failures = Counter(
+            "memkd_shadow_failures",
+            "Shadow versions refused or failing to score (the active result is unaffected)",
+            ["line"],
+            registry=r,
+        )
 
     def limit_lines_to(self, exists: Callable[[str], bool]) -> None:
         """Label per line only the lines ``exists`` knows; all others count as ``_other``."""
@@ -199,6 +213,13 @@ class WorkerMetrics:
 
     def swap_failed(self, line: str) -> None:
         self.swap_failures.labels(self._line(line)).inc()
+
+    def shadow_failed(self, line: str) -> None:
+        self.shadow_failures.labels(self._line(line)).inc()
+
+    def shadow_scored(self, line: str, same_verdict: bool) -> None:
+        agreement = "same" if same_verdict else "different"
+        self.shadow_verdicts.labels(self._line(line), agreement).inc()
 
     def version_served(self, line: str, version: int) -> None:
         self.model_version.labels(self._line(line)).set(version)

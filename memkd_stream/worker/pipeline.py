@@ -19,7 +19,7 @@ from memkd.anomaly import render_mask
 
 from memkd_stream.contract.codes import DeadLetterCode
 from memkd_stream.contract.request import Request
-from memkd_stream.contract.result import encode_result, result_headers
+from memkd_stream.contract.result import ShadowVerdict, encode_result, result_headers
 from memkd_stream.errors import ExitCode
 from memkd_stream.lines.errors import UnknownLine
 from memkd_stream.worker.batcher import Batch, MicroBatcher
@@ -226,11 +226,9 @@ class Pipeline:
         for part in scored:
             waits = [now - it.decoded_mono for it in part.items]
             self.ctx.metrics.batch(len(part.items), part.forward_s)
-            self.publish_q.put(
-                ScoredBatch(
-                    part.items, loaded, part.maps, part.scores, started_wall, part.forward_s, waits
-                )
-            )
+            batch = ScoredBatch(part.items, loaded, part.maps, part.scores, started_wall,
+                                part.forward_s, waits, part.shadow)  # fmt: skip
+            self.publish_q.put(batch)
         for item, exc in failed:  # failed alone while the device works: the input's fault
             self.ctx.log.warning(
                 "model failed on this image alone",
@@ -306,6 +304,7 @@ class Pipeline:
                 "total": (time.time() - request.received_at) * 1000.0,
             },
             worker=self.ctx.worker_id,
+            shadow=self._shadow_verdict(scored, i, score >= threshold),
             late_ms=item.late_ms,
         )
         key = request.line.encode("utf-8")
@@ -317,6 +316,17 @@ class Pipeline:
         metrics.queued(scored.started_wall - request.received_at)
         metrics.scored(loaded.line, loaded.version, score, score >= threshold)
         self.sink.result(item, key=key, value=value, headers=headers, on_ack=self._result_acked)
+
+    def _shadow_verdict(self, scored: ScoredBatch, i: int, anomalous: bool) -> ShadowVerdict | None:
+        """The result's optional ``shadow`` object (DESIGN.md §3), counted by agreement."""
+        shadow = scored.shadow
+        if shadow is None:
+            return None
+        if shadow.scores is None or shadow.threshold is None:
+            return ShadowVerdict(shadow.model_version, error=shadow.error)
+        score = shadow.scores[i]
+        self.ctx.metrics.shadow_scored(scored.loaded.line, (score >= shadow.threshold) == anomalous)
+        return ShadowVerdict(shadow.model_version, score, shadow.threshold)
 
     def _result_acked(self, item: WorkItem, sent_perf: float) -> None:
         # producer IO thread (delivery callback)

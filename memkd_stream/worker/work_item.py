@@ -19,7 +19,7 @@ from memkd_stream.worker.decode import DecodedImage
 from memkd_stream.worker.offsets import OffsetTracker
 
 if TYPE_CHECKING:
-    from memkd_stream.worker.engine import LoadedLine
+    from memkd_stream.worker.engine import LoadedLine, ShadowScores
 
 __all__ = ["ScoredBatch", "WorkItem", "is_current", "log_fields", "partition_names"]
 
@@ -54,6 +54,7 @@ class ScoredBatch:
     started_wall: float
     forward_s: float
     batch_wait_s: list[float]
+    shadow: ShadowScores | None = None
 
 
 def is_current(tracker: OffsetTracker[TopicPartition], item: WorkItem) -> bool:

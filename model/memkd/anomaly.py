@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from memkd.threshold import (
     DEFAULT_RULE,
     DEFAULT_TARGET_FPR,
+    TARGET_RULES,
     best_f1_threshold,
     expected_fpr,
     threshold_for,
@@ -108,11 +109,12 @@ class Calibration:
     """Score statistics of held-out good images and the threshold chosen from them.
 
     ``rule`` (``memkd.threshold``): "lognormal" / "normal" set the prediction bound for
-    ``target_fpr``; "mean_std" uses mean + k * std; "quantile" the q-quantile; "manual" a value
-    an operator chose. ``expected_fpr`` is the false-alarm rate the good-score model predicts at
-    the threshold. The held-out ``scores`` themselves are kept (a few dozen floats), so a line can
-    be moved to another target rate later without retraining (``retarget``). ``defects``: what
-    defective examples said, when the fit had some (``with_defects``).
+    ``target_fpr``, "lognormal_fit" the fitted log-normal's quantile; "mean_std" uses
+    mean + k * std; "quantile" the q-quantile; "manual" a value an operator chose.
+    ``expected_fpr`` is the false-alarm rate the good-score model predicts at the threshold.
+    The held-out ``scores`` themselves are kept (a few dozen floats), so a line can be moved to
+    another target rate later without retraining (``retarget``). ``defects``: what defective
+    examples said, when the fit had some (``with_defects``).
     """
 
     threshold: float
@@ -144,7 +146,7 @@ class Calibration:
         threshold = max(threshold, float(arr.max()) * 1e-6, 1e-12)
         return cls(
             threshold, mean, std, quant, int(arr.size), rule, k, q, float(arr.max()),
-            target_fpr=target_fpr if rule in ("lognormal", "normal") else None,
+            target_fpr=target_fpr if rule in TARGET_RULES else None,
             expected_fpr=expected_fpr(arr, threshold, rule),
             scores=tuple(round(float(v), 7) for v in arr),
         )  # fmt: skip
@@ -156,7 +158,7 @@ class Calibration:
                 "this calibration does not keep its held-out scores (a line fitted before they "
                 "were stored): refit the line, or set the threshold by value"
             )
-        new_rule = rule or (self.rule if self.rule in ("lognormal", "normal") else DEFAULT_RULE)
+        new_rule = rule or (self.rule if self.rule in TARGET_RULES else DEFAULT_RULE)
         fresh = Calibration.from_scores(self.scores, new_rule, self.k, self.q, target_fpr)
         return replace(fresh, defects=self.defects)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import platform
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +21,13 @@ from memkd.anomaly import AnomalyResult, Calibration, anomaly_result
 from memkd.artifact import ArtifactError, check_record_compatible, read_artifact, write_artifact
 from memkd.backbones import Teacher, backbone_spec
 from memkd.config import ModelConfig
+from memkd.lineage import FULL_KIND, is_delta
 from memkd.network import MemKDStudent
 from memkd.precision import Precision, autocast, resolve_precision
 
-__all__ = ["RECORD_KIND", "RECORD_SCHEMA", "LineModel"]
+__all__ = ["RECORD_KIND", "RECORD_SCHEMA", "LineModel", "TeacherFeatures", "check_teacher"]
 
-RECORD_KIND = "memkd-line-model"
+RECORD_KIND = FULL_KIND
 RECORD_SCHEMA = 1
 
 
@@ -44,6 +46,14 @@ def _recorded_precision(provenance: dict[str, Any]) -> Precision:
     if precision is Precision.AUTO:
         raise ValueError("a calibration precision is fp32, bf16 or fp16, never 'auto'")
     return precision
+
+
+@dataclass(frozen=True)
+class TeacherFeatures:
+    """The teacher's three feature maps of one batch and the input size they were taken at."""
+
+    maps: list[torch.Tensor]
+    size: tuple[int, int]
 
 
 class LineModel:
@@ -133,18 +143,37 @@ class LineModel:
         Raises:
             PrecisionError: ``precision`` cannot run on the model's device (fp16 off CUDA).
         """
+        return self.score_features(self.teacher_features(teacher, batch, precision), precision)
+
+    def teacher_features(
+        self, teacher: Teacher, batch: torch.Tensor, precision: Precision | str = Precision.AUTO
+    ) -> TeacherFeatures:
+        """The teacher's features of a preprocessed batch, on this model's device and layout.
+
+        Computed once, they serve every line model that shares this one's input (backbone,
+        size, normalisation, region of interest: ``memkd.lineage.input_differences``), which is
+        what makes a shadow version cost one student forward (``score_features``).
+        """
         if batch.ndim != 4 or batch.shape[1] != 3:
             raise ValueError(f"expected a batch [B, 3, H, W], got {tuple(batch.shape)}")
-        self.student.eval()
         device = self.device
         used = resolve_precision(precision, device)
         with torch.inference_mode():
             x = batch.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
             with autocast(device, used):
-                t_feats = teacher(x)
-                s_feats = self.student(t_feats)
-            size = (int(x.shape[-2]), int(x.shape[-1]))
-            return anomaly_result(t_feats, s_feats, size, self.config.score_topk)
+                feats = teacher(x)
+        return TeacherFeatures(list(feats), (int(x.shape[-2]), int(x.shape[-1])))
+
+    def score_features(
+        self, features: TeacherFeatures, precision: Precision | str = Precision.AUTO
+    ) -> AnomalyResult:
+        """Maps and scores of this model's student on teacher features (``teacher_features``)."""
+        self.student.eval()
+        used = resolve_precision(precision, self.device)
+        with torch.inference_mode():
+            with autocast(self.device, used):
+                s_feats = self.student(features.maps)
+            return anomaly_result(features.maps, s_feats, features.size, self.config.score_topk)
 
     def record(self) -> dict[str, Any]:
         """Everything of DESIGN.md §5 as a JSON-able dict (stored in the artifact header)."""
@@ -173,6 +202,14 @@ class LineModel:
         cls, record: dict[str, Any], tensors: dict[str, torch.Tensor] | None = None
     ) -> LineModel:
         """Rebuild the network a record describes (and load its weights, strict)."""
+        if is_delta(record):
+            raise ArtifactError(
+                "this is a delta artifact: it holds only what changed from its parent (sha256 "
+                f"{str((record.get('parent') or {}).get('sha256'))[:12]}…); load it together "
+                "with that parent (memkd.delta.load_delta, or `memkd-stream eval --artifact "
+                "DELTA --parent FULL`).",
+                code="artifact-mismatch",
+            )
         if record.get("kind") != RECORD_KIND or record.get("schema") != RECORD_SCHEMA:
             raise ArtifactError(
                 f"not a line model record this memkd can read (kind {record.get('kind')!r}, "
@@ -230,20 +267,25 @@ class LineModel:
         """
         tensors, record = read_artifact(source, expected_sha256)
         if teacher is not None:
-            check_record_compatible(record, teacher.name, teacher.channels)
-            recorded = record.get("teacher", {})
-            for key in ("mean", "std", "fingerprint"):
-                have = teacher.describe()[key]
-                if recorded.get(key) != have:
-                    raise ArtifactError(
-                        f"the line model was trained with other {teacher.name} teacher weights "
-                        f"({key}: {recorded.get(key)} vs {have}); load it with the teacher "
-                        "weights it was trained with, or retrain the line.",
-                        code="artifact-mismatch",
-                    )
+            check_teacher(record, teacher)
         model = cls.from_record(record, tensors)
         target = device if device is not None else (teacher.device if teacher else "cpu")
         return model.to(target)
+
+
+def check_teacher(record: dict[str, Any], teacher: Teacher) -> None:
+    """Refuse a record trained with another teacher or other weights (``artifact-mismatch``)."""
+    check_record_compatible(record, teacher.name, teacher.channels)
+    recorded = record.get("teacher", {})
+    for key in ("mean", "std", "fingerprint"):
+        have = teacher.describe()[key]
+        if recorded.get(key) != have:
+            raise ArtifactError(
+                f"the line model was trained with other {teacher.name} teacher weights "
+                f"({key}: {recorded.get(key)} vs {have}); load it with the teacher "
+                "weights it was trained with, or retrain the line.",
+                code="artifact-mismatch",
+            )
 
 
 def code_version() -> dict[str, str]:

@@ -188,7 +188,15 @@ class MemKDStudent(nn.Module):
         return [m for m in self.memories if isinstance(m, NRMemory)]
 
     def forward(self, teacher_feats: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        s_a = self.stage1(self.bottleneck(teacher_feats))  # c3 @ stride 16
+        return self.later_stages(self.first_stage(teacher_feats))
+
+    def first_stage(self, teacher_feats: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Bottleneck and decoder stage 1 (c3 @ stride 16): everything before the first memory,
+        so a memory-only refit (``memkd.refit``) computes it once per image."""
+        return self.stage1(self.bottleneck(teacher_feats))
+
+    def later_stages(self, s_a: torch.Tensor) -> list[torch.Tensor]:
+        """From decoder stage 1's output through both memories: ``[s_c, s_b, s_a]``."""
         s_b = self.stage2(self._fuse(s_a, 0))  # c2 @ stride 8
         s_c = self.stage3(self._fuse(s_b, 1))  # c1 @ stride 4
         return [s_c, s_b, s_a]

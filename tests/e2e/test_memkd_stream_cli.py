@@ -111,14 +111,18 @@ def test_eval_writes_metrics_roc_curves_and_heatmaps(cli, fitted, dataset):
 
 
 def test_publish_rollback_and_delete(cli, fitted):
-    done = _json(cli.run("lines", "publish", LINE, fitted["artifact"], "--json"))
-    assert done["version"] == 2
+    # With an active version and nothing to compare on, the gate keeps it active: exit 5.
+    kept = cli.run("lines", "publish", LINE, fitted["artifact"], "--json")
+    assert kept.returncode == 5 and json.loads(kept.stdout)["active"] is False
+    assert cli.run("lines", "delete", LINE, "2").returncode == 0
+    done = _json(cli.run("lines", "publish", LINE, fitted["artifact"], "--force", "--json"))
+    assert done["version"] == 3 and done["gate"]["reason"] == "forced"
     back = _json(cli.run("lines", "rollback", LINE, "--json"))
-    assert (back["current"], back["previous"]) == (1, 2)
+    assert (back["current"], back["previous"]) == (1, 3)
     refused = cli.run("lines", "delete", LINE, "1")
     assert refused.returncode == 1
     assert f"{LINE}@1 is the active version" in _one_error_line(refused, "version-active")
-    assert cli.run("lines", "delete", LINE, "2").returncode == 0
+    assert cli.run("lines", "delete", LINE, "3").returncode == 0
     assert _json(cli.run("lines", "show", LINE, "--json"))["current"] == 1
     again = cli.run("lines", "rollback", LINE)
     assert again.returncode == 1

@@ -16,6 +16,7 @@ def test_exit_codes_are_the_documented_ones() -> None:
         "USAGE": 2,
         "BROKER_UNREACHABLE": 3,
         "DEVICE_FAULT": 4,
+        "NOT_ACTIVATED": 5,
         "INTERRUPTED": 130,
     }
 

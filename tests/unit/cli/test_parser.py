@@ -19,7 +19,8 @@ COMMANDS = [
     ["eval"],
     ["lines"],
     *[["lines", action] for action in ("list", "show", "history", "activate", "rollback")],
-    *[["lines", action] for action in ("delete", "publish", "export", "late-policy")],
+    *[["lines", action] for action in ("delete", "publish", "export", "threshold", "shadow")],
+    ["lines", "late-policy"],
     ["dlq"],
     ["dlq", "replay"],
 ]
@@ -59,6 +60,15 @@ def test_every_command_has_help(command, capsys):
         ["data", "synth", "--out", "d", "--n-train", "-3"],
         ["data", "synth", "--out", "d", "--size", "10"],
         ["lines", "show", "-bad"],
+        ["lines", "threshold", "A"],  # neither --value nor --target-fpr
+        ["lines", "threshold", "A", "--value", "0"],
+        ["lines", "threshold", "A", "--target-fpr", "1"],
+        ["lines", "threshold", "A", "--value", "1", "--target-fpr", "0.01"],
+        ["lines", "shadow", "A"],  # neither a version nor --off
+        ["lines", "shadow", "A", "3", "--off"],
+        ["fit", "--line", "A", "--data", "d", "--memory-only", "--input-size", "128"],
+        ["fit", "--line", "A", "--data", "d", "--memory-init", "zeros"],
+        ["eval", "--line", "A", "--parent", "p.safetensors", "--data", "d"],
         ["lines", "late-policy", "A", "sometimes"],
         ["lines", "late-policy", "A", "score", "--clear"],
         ["dlq", "replay", "--code", "no-such-code"],

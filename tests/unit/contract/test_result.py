@@ -124,3 +124,27 @@ def test_pass_through_headers_that_do_not_fit_are_left_out_and_said_so() -> None
 def test_a_result_that_cannot_fit_is_refused() -> None:
     with pytest.raises(ValueError, match="limit"):
         result_headers(_parse(), b"A", b"x" * 2000, 1000)
+
+
+def test_a_shadow_verdict_is_an_optional_object_beside_the_active_one() -> None:
+    from memkd_stream.contract.result import ShadowVerdict
+
+    request = _parse(headers=[("memkd-id", b"img-1")])
+
+    def encoded(shadow: ShadowVerdict) -> dict:
+        raw = encode_result(
+            request, model_version="A@7", score=0.83, threshold=0.61, image_hw=(8, 8),
+            mask_png=b"png", mask_hw=(8, 8), timing_ms={"queue": 1, "infer": 1, "total": 2},
+            worker="w", shadow=shadow,
+        )  # fmt: skip
+        return json.loads(raw)
+
+    doc = encoded(ShadowVerdict("A@9", score=0.5, threshold=0.6))
+    assert doc["schema"] == 1 and doc["model_version"] == "A@7" and doc["anomalous"] is True
+    assert doc["shadow"] == {"model_version": "A@9", "score": 0.5, "threshold": 0.6,
+                             "anomalous": False}  # fmt: skip
+    failed = encoded(ShadowVerdict("A@9", error="RuntimeError: boom"))
+    assert failed["shadow"] == {"model_version": "A@9", "error": "RuntimeError: boom"}
+    assert "shadow" not in _result(request)  # absent when the line has no shadow
+    with pytest.raises(ValueError, match=r"shadow\.score"):
+        encoded(ShadowVerdict("A@9", score=float("nan"), threshold=0.6))

@@ -12,6 +12,7 @@ from memkd.artifact import ArtifactError
 from memkd.backbones import Teacher, load_teacher
 from memkd.config import ModelConfig, TrainConfig
 from memkd.line_model import LineModel
+from memkd.network import MemKDStudent
 from memkd.precision import Precision, PrecisionError, resolve_precision
 from memkd.train import fit
 from PIL import Image
@@ -135,3 +136,19 @@ def test_the_calibration_precision_is_recorded(trained: LineModel, tmp_path: Pat
 def test_fp16_scoring_on_a_cpu_is_refused(trained: LineModel, lite0: Teacher) -> None:
     with pytest.raises(PrecisionError, match="fp16 needs a CUDA GPU"):
         trained.score(lite0, torch.randn(1, 3, 64, 64), "fp16")
+
+
+def test_teacher_features_once_serve_two_students(lite0: Teacher) -> None:
+    """Shadow scoring's premise: the features one model takes serve another with the same input."""
+    cfg = ModelConfig(input_size=64, memory_items=8)
+    torch.manual_seed(0)
+    first = LineModel(cfg, MemKDStudent(cfg, lite0.channels, True), lite0.describe())
+    second = LineModel(cfg, MemKDStudent(cfg, lite0.channels, True), lite0.describe())
+    x = torch.rand(2, 3, 64, 64)
+    feats = first.teacher_features(lite0, x, "fp32")
+    assert torch.equal(
+        first.score_features(feats, "fp32").scores, first.score(lite0, x, "fp32").scores
+    )
+    assert torch.equal(
+        second.score_features(feats, "fp32").maps, second.score(lite0, x, "fp32").maps
+    )

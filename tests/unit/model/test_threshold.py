@@ -92,3 +92,12 @@ def test_a_first_wave_calibration_still_loads_and_unknown_fields_are_ignored() -
 
 def _lognormal_cdf(x: float, mu: float, sigma: float) -> float:
     return 0.5 * (1 + math.erf((math.log(x) - mu) / (sigma * math.sqrt(2))))
+
+
+def test_the_fitted_lognormal_quantile_sits_below_the_bound_and_predicts_its_own_target() -> None:
+    scores = np.random.default_rng(3).lognormal(0.0, 0.3, 9)
+    fitted = threshold_for(scores, "lognormal_fit", 0.01)
+    assert fitted < threshold_for(scores, "lognormal", 0.01)
+    assert expected_fpr(scores, fitted, "lognormal_fit") == pytest.approx(0.01, rel=1e-6)
+    logs = np.log(scores)
+    assert fitted == pytest.approx(math.exp(logs.mean() + 2.3263479 * logs.std(ddof=1)), rel=1e-6)

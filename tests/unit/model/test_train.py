@@ -31,7 +31,8 @@ def test_fit_reports_progress_and_calibrates_on_held_out_images(lite0: Teacher) 
     tcfg = TrainConfig(steps=4, batch_size=4, exemplars=3, holdout_fraction=0.25)
     res = fit(_crops(12), CFG, tcfg, lite0, progress=lambda s, t, d: calls.append((s, t, d)))
     assert [c[0] for c in calls] == [1, 2, 3, 4] and {c[1] for c in calls} == {4}
-    assert set(calls[-1][2]) == {"kd", "nm", "orth", "loss"}
+    assert set(calls[0][2]) == {"kd", "nm", "orth", "loss"}
+    assert set(calls[-1][2]) == {"kd", "nm", "orth", "loss", "holdout_kd"}  # early stopping's check
     rep = res.report
     assert (rep["n_train"], rep["n_holdout"], rep["calibration_source"]) == (9, 3, "holdout")
     assert len(rep["holdout_scores"]) == 3 and res.model.calibration is not None

@@ -47,6 +47,9 @@ class Engine:
         maps = batch[:, :1]
         return SimpleNamespace(maps=maps, scores=maps.flatten(1).amax(dim=1))
 
+    def score_batch(self, loaded: Any, batch: torch.Tensor) -> tuple[Any, None]:
+        return self.score(loaded, batch), None
+
 
 LOADED: Any = SimpleNamespace(model=SimpleNamespace(config=SimpleNamespace(input_size=8)))
 

@@ -19,7 +19,7 @@ import torch
 from memkd.artifact import ArtifactError
 from memkd.precision import Precision, PrecisionError
 
-from memkd_stream.lines.errors import StoreUnavailable
+from memkd_stream.lines.errors import StoreUnavailable, UnknownVersion
 from memkd_stream.settings import ModelSettings, WorkerSettings
 from memkd_stream.worker import engine as engine_module
 from memkd_stream.worker.engine import (
@@ -81,10 +81,17 @@ class FakeStore:
     fetches: int = 0
     delay_s: float = 0.0
 
+    parents: dict[tuple[str, int], tuple[int, tuple[str, ...]]] = field(default_factory=dict)
+
     def add(self, line: str, version: int, nbytes: int = 100, *, backbone: str = LITE0, tag=b""):
         blob = (tag or f"{line}@{version}:".encode()).ljust(nbytes, b".")
         self.artifacts[(line, version)] = (blob, backbone)
         self.currents[line] = version
+
+    def add_delta(self, line: str, version: int, parent: int, tensors: tuple[str, ...]) -> None:
+        """A delta of ``line@parent`` replacing ``tensors`` (made active)."""
+        self.add(line, version, 20)
+        self.parents[(line, version)] = (parent, tensors)
 
     def _check(self) -> None:
         if self.down:
@@ -94,6 +101,10 @@ class FakeStore:
         self._check()
         return self.currents.get(line)
 
+    def shadow(self, line: str) -> int | None:
+        self._check()
+        return None
+
     def lines(self) -> list[str]:
         self._check()
         return sorted(self.currents)
@@ -102,12 +113,20 @@ class FakeStore:
         self._check()
         self.fetches += 1
         time.sleep(self.delay_s)
+        if (line, version) not in self.artifacts:
+            raise UnknownVersion(f"line {line} has no version {version}")
         blob, backbone = self.artifacts[(line, version)]
         fileobj.write(blob)
-        return {
+        meta: dict[str, Any] = {
             "sha256": hashlib.sha256(blob).hexdigest(),
             "metadata": {"teacher": {"name": backbone}},
+            "parent": None,
         }
+        if (line, version) in self.parents:
+            parent, tensors = self.parents[(line, version)]
+            meta["metadata"] |= {"kind": "memkd-line-delta", "tensors": list(tensors)}
+            meta["parent"] = parent
+        return meta
 
 
 class RecordingMetrics:
@@ -260,7 +279,7 @@ def test_one_teacher_per_backbone_shared_by_its_lines(teachers_built: list[str])
     store.add("B", 1)
     store.add("W", 1, backbone=WRN50)
     engine = _engine(store)
-    a, b, w = engine.get_line("A", wait_s=None), engine.get_line("B", wait_s=None), engine.get_line("W", wait_s=None)
+    a, b, w = (engine.get_line(line, wait_s=None) for line in ("A", "B", "W"))
     assert a.teacher is b.teacher
     assert w.teacher is not a.teacher and w.backbone == WRN50
     assert sorted(teachers_built) == [LITE0, WRN50]
@@ -325,7 +344,10 @@ def test_concurrent_misses_load_a_line_once(teachers_built: list[str]) -> None:
     store.add("A", 1)
     engine = _engine(store)
     results: list[LoadedLine] = []
-    threads = [threading.Thread(target=lambda: results.append(engine.get_line("A", wait_s=None))) for _ in "12"]
+    threads = [
+        threading.Thread(target=lambda: results.append(engine.get_line("A", wait_s=None)))
+        for _ in "12"
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -398,3 +420,52 @@ def test_resolve_device() -> None:
     assert resolve_device("auto").type == expected
     assert resolve_device("cpu") == torch.device("cpu")
     assert resolve_device("cuda:1") == torch.device("cuda:1")
+
+
+MEMORIES = ("memories.0.keys", "memories.0.values")
+
+
+@pytest.fixture
+def composed(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, str | None]]:
+    """Replace memkd.delta.load_delta: record what each delta was composed onto."""
+    calls: list[tuple[Any, str | None]] = []
+
+    def fake_load_delta(blob, parent, teacher, expected_sha256=None, *, parent_sha256=None):
+        calls.append((parent, parent_sha256))
+        return FakeModel(blob, teacher)
+
+    monkeypatch.setattr(engine_module, "load_delta", fake_load_delta)
+    return calls
+
+
+def test_a_delta_is_composed_onto_the_held_parent_and_moves_only_its_own_bytes(
+    teachers_built: list[str], composed: list[tuple[Any, str | None]]
+) -> None:
+    store = FakeStore()
+    store.add("A", 1)
+    engine = _engine(store)
+    parent = engine.get_line("A", wait_s=None)
+    store.add_delta("A", 2, parent=1, tensors=MEMORIES)
+    assert engine.swap("A", 2)
+    assert store.fetches == 2  # the delta only: the parent was held
+    assert composed[-1][0] is parent.model and composed[-1][1] == parent.base_sha256
+    refit = engine.get_line("A", wait_s=None)
+    assert (refit.version, refit.base_version, refit.replaced) == (2, 1, MEMORIES)
+    store.add_delta("A", 3, parent=1, tensors=MEMORIES)  # e.g. a threshold change of A@2
+    assert engine.swap("A", 3) and store.fetches == 3
+    assert composed[-1][0] is refit.model  # A@2 replaced nothing A@3 does not replace
+
+
+def test_a_cold_delta_fetches_its_parent_and_a_missing_parent_is_refused(
+    teachers_built: list[str], composed: list[tuple[Any, str | None]]
+) -> None:
+    store = FakeStore()
+    store.add("A", 1)
+    store.add_delta("A", 2, parent=1, tensors=MEMORIES)
+    engine = _engine(store)
+    loaded = engine.get_line("A", wait_s=None)
+    assert loaded.version == 2 and store.fetches == 2  # the delta, then its parent
+    assert isinstance(composed[-1][0], bytes)
+    store.add_delta("A", 3, parent=9, tensors=MEMORIES)  # its parent is not stored
+    assert not engine.swap("A", 3)
+    assert engine.get_line("A", wait_s=None) is loaded  # the old version keeps serving

@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from memkd_stream import package_version
+from memkd_stream import package_version, prefer_passive_openmp
 from memkd_stream.broker.errors import KafkaRefused, is_refused, is_unreachable, refused
 from memkd_stream.cli.output import Output
 from memkd_stream.contract.errors import BadLineId
@@ -197,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``memkd-stream`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
+    prefer_passive_openmp()  # before a handler imports torch
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

@@ -81,7 +81,7 @@ def score_paths(
     """Scores and maps of ``paths`` at ``precision``; files that cannot be read or cropped are
     skipped, listed."""
     import torch
-    from memkd.preprocess import load_image, preprocess
+    from memkd.preprocess import load_for_model, load_image, preprocess
     from memkd.tiling import score_frame
 
     kept: list[Path] = []
@@ -100,14 +100,15 @@ def score_paths(
 
     for path in paths:
         try:
-            img = load_image(path)
             if model.tiling is not None:  # a frame is a batch of its own tiles
+                img = load_image(path)
                 frame_map, frame_score = score_frame(model, teacher, img, precision, batch_size)
                 scores.append(np.array([frame_score]))
                 maps.append(frame_map[None])
                 kept.append(Path(path))
                 continue
-            tensor = preprocess(img, model.input_size, model.mean, model.std, model.roi)
+            decoded = load_for_model(path, model.input_size, model.roi)
+            tensor = preprocess(decoded, model.input_size, model.mean, model.std, model.roi)
         except Exception as exc:  # undecodable file or ROI outside the image
             skipped.append(Unreadable(Path(path), f"{type(exc).__name__}: {exc}"))
             continue

@@ -20,7 +20,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from memkd_stream import package_version
+from memkd_stream import package_version, prefer_passive_openmp
 from memkd_stream.errors import ExitCode
 
 if TYPE_CHECKING:
@@ -84,6 +84,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    prefer_passive_openmp()  # before torch is imported (by the settings' teachers, the engine)
     args = _parser().parse_args(argv)
 
     # Signals first: a SIGTERM during start-up (imports, teacher load) is a clean stop too.

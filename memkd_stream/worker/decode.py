@@ -4,9 +4,11 @@ A request value is whatever the camera wrote (JPEG, PNG, BMP or TIFF; gray or co
 maybe an EXIF orientation). Decoding is guarded before any pixel is decompressed: Pillow opens
 lazily, so the pixel count is checked from the header and an oversized image is refused as
 ``image-too-large`` without allocating it (a decompression bomb costs a header parse). The
+decode itself (a JPEG at the reduced scale the model's input needs, everything else in full), the
 conversion to RGB, the region-of-interest crop, the resize and the normalisation are
-``memkd.preprocess``'s — the one function ``fit``, ``eval`` and the worker share — so a streamed
-image scores exactly as the library scores the same file.
+``memkd.preprocess``'s — the one path ``fit``, ``eval`` and the worker share — so a streamed
+image scores exactly as the library scores the same file. The region of interest is checked
+against the header's (EXIF-oriented) size, before any pixel is decoded.
 
 ``ImageDecoder.decode`` is thread-safe (no shared mutable state); the worker calls it from a small
 thread pool. ``encode_mask_png`` renders result masks (fast, low compression: masks are small).
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from memkd.preprocess import load_image, preprocess
+from memkd.preprocess import load_for_model, oriented_size, preprocess
 from memkd.tiling import TileGrid, Tiling, cut_tiles
 from PIL import Image, UnidentifiedImageError
 
@@ -137,7 +139,15 @@ class ImageDecoder:
             if width * height > self.max_pixels:
                 raise self._too_large(width, height)
             try:
-                rgb = load_image(image)  # decode, EXIF orientation, 16-bit/gray -> 8-bit RGB
+                out_width, out_height = oriented_size(image)
+            except Exception as exc:  # a damaged EXIF block
+                raise DecodeFailed(f"unreadable {image_format} metadata: {exc}") from None
+            box = _check_roi(roi, out_width, out_height)
+            try:
+                # decode (reduced where the model needs fewer pixels), EXIF orientation,
+                # 16-bit/gray -> 8-bit RGB
+                # (a tiled line: in full for now; load_for_model's span is the hook for tiles)
+                scaled = load_for_model(image, size, box, reduce=tiling is None)
             except Image.DecompressionBombError as exc:
                 raise self._bomb(exc) from None
             except MemoryError:
@@ -145,14 +155,12 @@ class ImageDecoder:
             except Exception as exc:  # corrupt data surfaces as many types; all are the sender's
                 raise DecodeFailed(f"corrupt or truncated {image_format} image: {exc}") from None
 
-        out_width, out_height = rgb.size
-        box = _check_roi(roi, out_width, out_height)
         grid = None
         try:
             if tiling is None:
-                tensor = preprocess(rgb, size, mean, std, box)
+                tensor = preprocess(scaled, size, mean, std, box)
             else:
-                tensor, grid = cut_tiles(rgb, tiling, size, mean, std, box)
+                tensor, grid = cut_tiles(scaled.image, tiling, size, mean, std, box)
         except Exception as exc:
             raise DecodeFailed(f"image could not be preprocessed: {exc}") from None
         return DecodedImage(tensor=tensor, height=out_height, width=out_width, grid=grid)

@@ -26,7 +26,7 @@ from PIL import Image
 from memkd.datasets.mvtec import Category, DatasetError, TestItem
 from memkd.metrics import aupro, image_auroc, pixel_auroc
 from memkd.precision import Precision
-from memkd.preprocess import load_image, preprocess
+from memkd.preprocess import load_for_model, load_image, preprocess
 from memkd.tiling import score_frame
 
 if TYPE_CHECKING:
@@ -129,13 +129,15 @@ def evaluate(
     started = time.perf_counter()
     for start in range(0, len(category.test), batch_size):
         items = category.test[start : start + batch_size]
-        images = [load_image(item.path) for item in items]
+        images: list[Any]  # reduced decodes (ScaledImage) or, for a tiled line, full frames
         if line_model.tiling is None:
+            images = [load_for_model(item.path, size, roi) for item in items]
             batch = torch.stack([preprocess(img, size, mean, std, roi) for img in images])
             result = line_model.score(teacher, batch, precision)
             batch_maps = list(result.maps[:, 0].float().cpu().numpy())
             batch_scores = list(result.scores.float().cpu().numpy())
         else:
+            images = [load_image(item.path) for item in items]
             frames = [
                 score_frame(line_model, teacher, img, precision, batch_size) for img in images
             ]

@@ -40,7 +40,7 @@ from memkd.line_model import LineModel, code_version
 from memkd.losses import kd_loss, nm_loss, orth_loss
 from memkd.network import MemKDStudent
 from memkd.precision import Precision, autocast, resolve_precision
-from memkd.preprocess import load_image, preprocess
+from memkd.preprocess import load_for_model, load_image, preprocess
 from memkd.tiling import Tiling, cut_tiles, frame_scores
 
 __all__ = ["FitResult", "Progress", "fit", "holdout_split", "load_batch", "resolve_device"]
@@ -72,7 +72,9 @@ def load_batch(
     roi: Sequence[int] | None = None,
 ) -> torch.Tensor:
     """Load and preprocess images into one [N, 3, size, size] tensor (the shared preprocessing)."""
-    return torch.stack([preprocess(load_image(img), size, mean, std, roi) for img in images])
+    return torch.stack(
+        [preprocess(load_for_model(img, size, roi), size, mean, std, roi) for img in images]
+    )
 
 
 def _tiled_inputs(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import subprocess
 import sys
 
@@ -189,3 +191,21 @@ def test_the_threshold_names_match_memkds() -> None:
     assert (fit.RULES, fit.DEFAULT_RULE, fit.DEFAULT_TARGET_FPR) == (
         RULES, DEFAULT_RULE, DEFAULT_TARGET_FPR
     )  # fmt: skip
+
+
+@pytest.mark.parametrize("preset", [None, "ACTIVE"])
+def test_entry_points_let_idle_openmp_threads_sleep(monkeypatch, capsys, preset):
+    """Both entry points set OMP_WAIT_POLICY=PASSIVE before anything imports torch (spinning
+    OpenMP threads starve the decode pool on shared cores: README.md, "Speed"), unless the
+    environment chose a policy."""
+    from memkd_stream.worker.__main__ import main as worker_main
+
+    for entry, argv in ((main, ["fit", "--help"]), (worker_main, ["--version"])):
+        if preset is None:
+            monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+        else:
+            monkeypatch.setenv("OMP_WAIT_POLICY", preset)
+        with contextlib.suppress(SystemExit):
+            entry(argv)
+        assert os.environ["OMP_WAIT_POLICY"] == (preset or "PASSIVE")
+    capsys.readouterr()

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import torch
-from memkd.preprocess import load_image, preprocess
+from memkd.preprocess import load_for_model, load_image, preprocess
 from PIL import Image
 
 from memkd_stream.worker.decode import DecodedImage, DecodeFailed, ImageDecoder, encode_mask_png
@@ -104,6 +104,21 @@ def test_roi_crops_before_resize() -> None:
     assert (decoded.height, decoded.width) == (40, 48)  # the size as received
     assert torch.equal(decoded.tensor, preprocess(load_image(value), SIZE, MEAN, STD, roi))
     assert not torch.equal(decoded.tensor, preprocess(load_image(value), SIZE, MEAN, STD))
+
+
+def test_camera_jpeg_is_decoded_at_the_scale_the_model_needs() -> None:
+    """A 2448x2048 frame mounted sideways (EXIF 6) with an ROI: the worker's tensor is exactly
+    memkd's reduced decode (parity with a full decode is memkd's test), the size the received."""
+    frame = Image.fromarray(_pattern(64, 80)).resize((2448, 2048))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    value = _encode(frame, "JPEG", exif=exif.tobytes())
+    roi = (100, 300, 1500, 1200)
+    decoded = _decode(value, roi=roi)
+    assert (decoded.height, decoded.width) == (2448, 2048)  # as received, EXIF-oriented
+    scaled = load_for_model(value, SIZE, roi)
+    assert scaled.reduction == 8
+    assert torch.equal(decoded.tensor, preprocess(scaled, SIZE, MEAN, STD, roi))
 
 
 @pytest.mark.parametrize("roi", [(40, 0, 10, 10), (0, 0, 49, 40), (-1, 0, 5, 5), (0, 0, 0, 5)])

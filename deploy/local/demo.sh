@@ -7,7 +7,7 @@
 # group, so runs never see each other's records; the topics are deleted on exit unless
 # KEEP_TOPICS=1. The model is published to Redis as the next version of line A (it stays).
 #
-# Knobs (environment): DEMO_OUT (./demo-out), DEMO_CATEGORY (grass), DEMO_STEPS (200),
+# Knobs (environment): DEMO_OUT (./demo-out), DEMO_CATEGORY (brick), DEMO_STEPS (200),
 # DEMO_INPUT_SIZE (128: a 4x cheaper step than 256, so a real schedule fits in a minute on a
 # CPU), DEMO_TIMEOUT_S (300), KEEP_TOPICS (0).
 set -euo pipefail
@@ -18,7 +18,7 @@ PY=${PY:-$VENV/bin/python}
 CLI="$VENV/bin/memkd-stream"
 WORKER="$VENV/bin/memkd-worker"
 OUT=${DEMO_OUT:-demo-out}
-CATEGORY=${DEMO_CATEGORY:-grass}
+CATEGORY=${DEMO_CATEGORY:-brick}
 STEPS=${DEMO_STEPS:-200}
 INPUT_SIZE=${DEMO_INPUT_SIZE:-128}
 TIMEOUT_S=${DEMO_TIMEOUT_S:-300}

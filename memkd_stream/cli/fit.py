@@ -96,7 +96,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=float,
         metavar="M",
         help="stop training after M minutes and keep the best student so far (a CPU-only box: "
-        "the default schedule is ~40 min at 256 px on 2 cores)",
+        "the default schedule is 10-40 min at 256 px on 2 cores)",
     )
     p.add_argument("--batch-size", type=_POSITIVE, default=16, metavar="N", help="default 16")
     p.add_argument(

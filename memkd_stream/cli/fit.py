@@ -25,6 +25,7 @@ from memkd_stream.cli.inputs import (
     check_readable,
     line_tiling,
     load_teacher_for,
+    parse_rate,
     parse_roi,
     parse_tile,
     resolve_dataset,
@@ -115,7 +116,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--target-fpr",
-        type=_rate,
+        type=parse_rate,
         metavar="F",
         help="false-alarm rate the threshold is set for, on good images like the training ones "
         f"(default {DEFAULT_TARGET_FPR:g} = {100 * DEFAULT_TARGET_FPR:g} %%)",
@@ -215,7 +216,7 @@ def _fit(ctx: Context) -> int:
             "an MVTec category with a test split"
         )
 
-    from memkd.config import ModelConfig, TrainConfig
+    from memkd.config import ModelConfig
     from memkd.train import fit
 
     backbone = args.backbone or settings.model.backbone
@@ -225,20 +226,7 @@ def _fit(ctx: Context) -> int:
     teacher = load_teacher_for(backbone, args.teacher_weights, settings, device)
     tiling, input_size = line_tiling(args.tile, args.input_size)
     model_config = ModelConfig(backbone=backbone, input_size=input_size)
-    overrides = threshold_settings(args)
-    if args.max_minutes is not None:
-        if not args.max_minutes > 0:
-            raise UsageError(f"--max-minutes must be > 0, got {args.max_minutes}")
-        overrides["max_seconds"] = 60.0 * args.max_minutes
-    train_config = TrainConfig(
-        steps=args.steps,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        device=device,
-        precision=precision,
-        **overrides,
-    )
+    train_config = train_config_from(args, device, precision, args.steps)
     out.note(
         f"training line {args.line} on {len(dataset.train)} good images from {dataset.root} "
         f"({train_config.total_steps(len(dataset.train))} steps at most, seed {args.seed})"
@@ -275,6 +263,29 @@ def _fit(ctx: Context) -> int:
     )  # fmt: skip
     out.result(data, lambda console: _print_report(console, data))
     return gate.exit_code if gate is not None else 0
+
+
+def train_config_from(
+    args: argparse.Namespace, device: Any, precision: Any, steps: int | None
+) -> Any:
+    """The TrainConfig `fit` and `fit --memory-only` build from their shared options (``steps``:
+    what the command chose; the rest stay TrainConfig's defaults)."""
+    from memkd.config import TrainConfig
+
+    overrides = threshold_settings(args)
+    if args.max_minutes is not None:
+        if not args.max_minutes > 0:
+            raise UsageError(f"--max-minutes must be > 0, got {args.max_minutes}")
+        overrides["max_seconds"] = 60.0 * args.max_minutes
+    return TrainConfig(
+        steps=steps,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        device=device,
+        precision=precision,
+        **overrides,
+    )
 
 
 def threshold_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -477,17 +488,6 @@ def defects_text(defects: dict[str, Any]) -> str:
 
 def _pct(value: float) -> str:
     return f"{100 * value:.3g} %"
-
-
-def _rate(text: str) -> float:
-    """argparse type: a rate in (0, 1)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a rate between 0 and 1 (e.g. 0.01)")
-    return value
 
 
 def _defect_examples(folder: Path | None, roi: Any, out: Output) -> list[Path]:

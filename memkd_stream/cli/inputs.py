@@ -8,6 +8,7 @@ error that names the folder.
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,6 +31,7 @@ __all__ = [
     "check_readable",
     "line_tiling",
     "load_teacher_for",
+    "parse_rate",
     "parse_roi",
     "parse_tile",
     "resolve_dataset",
@@ -69,6 +71,17 @@ class DatasetInput:
     @property
     def has_labels(self) -> bool:
         return self.category is not None and bool(self.category.test)
+
+
+def parse_rate(text: str) -> float:
+    """argparse type: a rate in (0, 1), e.g. a target false-alarm rate."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a rate between 0 and 1 (e.g. 0.01)")
+    return value
 
 
 def parse_roi(text: str) -> tuple[int, int, int, int]:

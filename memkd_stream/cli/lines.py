@@ -26,6 +26,7 @@ from memkd_stream.cli.gate import (
     print_gate,
     settle,
 )
+from memkd_stream.cli.inputs import parse_rate
 from memkd_stream.cli.main import Context, UsageError, line_arg, whole_number
 from memkd_stream.cli.output import Output, human_bytes
 from memkd_stream.cli.stored_models import Teachers, stored_model
@@ -120,7 +121,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     how.add_argument("--value", type=_positive_float, metavar="X", help="this raw threshold")
     how.add_argument(
         "--target-fpr",
-        type=_rate,
+        type=parse_rate,
         metavar="F",
         help="the threshold the calibration's rule sets for this expected false-alarm rate, "
         "from the held-out scores it stores",
@@ -189,16 +190,6 @@ def _positive_float(text: str) -> float:
         value = -1.0
     if not 0.0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive number")
-    return value
-
-
-def _rate(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a rate between 0 and 1 (e.g. 0.01)")
     return value
 
 

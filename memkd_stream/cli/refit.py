@@ -23,7 +23,7 @@ from memkd_stream.cli.fit import (
     evaluate_on_test,
     fit_report,
     publish_trained,
-    threshold_settings,
+    train_config_from,
     trained_on,
 )
 from memkd_stream.cli.gate import gate_new_version, plan_images
@@ -64,7 +64,6 @@ def refit_line(ctx: Context) -> int:
     if args.threshold_from == "defects" and not defect_paths and not dataset.has_labels:
         raise UsageError("--threshold-from defects needs defective examples: pass --defects DIR")
 
-    from memkd.config import TrainConfig
     from memkd.delta import memory_tensor_names, save_delta
     from memkd.refit import refit_memory
 
@@ -74,15 +73,7 @@ def refit_line(ctx: Context) -> int:
     out.note(f"loading {args.line}@{active} to start from ({precision} compute on {device})")
     parent = stored_model(store, args.line, active, teachers)
     steps = args.steps if args.steps or args.epochs else MEMORY_ONLY_STEPS
-    train_config = TrainConfig(
-        steps=steps,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        device=device,
-        precision=precision,
-        **threshold_settings(args),
-    )
+    train_config = train_config_from(args, device, precision, steps)
     out.note(
         f"re-learning the memories of {parent.ref} on {len(dataset.train)} good images from "
         f"{dataset.root} ({train_config.total_steps(len(dataset.train))} steps, seed {args.seed})"

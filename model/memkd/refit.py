@@ -24,7 +24,6 @@ scoring) from ``memkd.train``, so both schedules see data the same way.
 
 from __future__ import annotations
 
-import datetime as dt
 import math
 import time
 from collections.abc import Sequence
@@ -36,7 +35,7 @@ import torch
 from memkd.anomaly import Calibration
 from memkd.backbones import Teacher
 from memkd.config import TrainConfig
-from memkd.line_model import LineModel, check_teacher, code_version
+from memkd.line_model import LineModel, check_teacher
 from memkd.losses import kd_loss, nm_loss, orth_loss
 from memkd.network import MemKDStudent
 from memkd.precision import Precision, autocast, resolve_precision
@@ -51,6 +50,7 @@ from memkd.train import (
     holdout_split,
     load_batch,
     resolve_device,
+    run_provenance,
 )
 
 __all__ = ["MemoryInit", "refit_memory"]
@@ -156,16 +156,7 @@ def refit_memory(
     model.provenance = {
         "n_train": n_train,
         "n_holdout": len(hold_idx),
-        "seed": tcfg.seed,
-        "steps": total,
-        "train_config": tcfg.to_dict(),
-        "final_losses": losses,
-        "train_seconds": round(train_seconds, 2),
-        "device": str(device),
-        "precision": precision.value,
-        "code_version": code_version(),
-        "created_at": dt.datetime.now(dt.UTC).isoformat(),
-        "metrics": {},
+        **run_provenance(tcfg, total, losses, train_seconds, device, precision),
         "refit": refit,
     }
     report = {

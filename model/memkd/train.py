@@ -43,7 +43,15 @@ from memkd.precision import Precision, autocast, resolve_precision
 from memkd.preprocess import load_for_model, load_image, preprocess
 from memkd.tiling import Tiling, cut_tiles, frame_scores
 
-__all__ = ["FitResult", "Progress", "fit", "holdout_split", "load_batch", "resolve_device"]
+__all__ = [
+    "FitResult",
+    "Progress",
+    "fit",
+    "holdout_split",
+    "load_batch",
+    "resolve_device",
+    "run_provenance",
+]
 
 Progress = Callable[[int, int, dict[str, float]], None]
 ImageSource = Path | str | bytes | Image.Image
@@ -313,8 +321,23 @@ def fit(
         "n_train": len(train_frames),
         "n_holdout": len(hold_frames),
         **({"n_train_tiles": n_train} if tiling is not None else {}),
+        **run_provenance(tcfg, total, losses, train_seconds, device, precision),
+    }
+    return FitResult(model=model, report=report)
+
+
+def run_provenance(
+    tcfg: TrainConfig,
+    steps: int,
+    losses: dict[str, float],
+    train_seconds: float,
+    device: torch.device,
+    precision: Precision,
+) -> dict[str, Any]:
+    """What every training run (a fit, a memory refit) records of how it ran, in the artifact."""
+    return {
         "seed": tcfg.seed,
-        "steps": total,
+        "steps": steps,
         "train_config": tcfg.to_dict(),
         "final_losses": losses,
         "train_seconds": round(train_seconds, 2),
@@ -324,7 +347,6 @@ def fit(
         "created_at": dt.datetime.now(dt.UTC).isoformat(),
         "metrics": {},
     }
-    return FitResult(model=model, report=report)
 
 
 @torch.no_grad()

@@ -25,6 +25,7 @@ from memkd_stream.cli.inputs import (
     check_readable,
     line_tiling,
     load_teacher_for,
+    parse_positive,
     parse_rate,
     parse_roi,
     parse_tile,
@@ -89,12 +90,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     schedule = p.add_mutually_exclusive_group()
     schedule.add_argument(
-        "--steps", type=_POSITIVE, metavar="N", help="optimiser steps (default 1000, cosine lr)"
+        "--steps",
+        type=_POSITIVE,
+        metavar="N",
+        help="optimiser steps (default 1000 with a cosine lr; --memory-only: 60)",
     )
     schedule.add_argument("--epochs", type=_POSITIVE, metavar="N", help="passes over the images")
     p.add_argument(
         "--max-minutes",
-        type=float,
+        type=parse_positive,
         metavar="M",
         help="stop training after M minutes and keep the best student so far (a CPU-only box: "
         "the default schedule is 10-40 min at 256 px on 2 cores)",
@@ -274,8 +278,6 @@ def train_config_from(
 
     overrides = threshold_settings(args)
     if args.max_minutes is not None:
-        if not args.max_minutes > 0:
-            raise UsageError(f"--max-minutes must be > 0, got {args.max_minutes}")
         overrides["max_seconds"] = 60.0 * args.max_minutes
     return TrainConfig(
         steps=steps,

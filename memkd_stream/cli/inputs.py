@@ -31,6 +31,7 @@ __all__ = [
     "check_readable",
     "line_tiling",
     "load_teacher_for",
+    "parse_positive",
     "parse_rate",
     "parse_roi",
     "parse_tile",
@@ -71,6 +72,17 @@ class DatasetInput:
     @property
     def has_labels(self) -> bool:
         return self.category is not None and bool(self.category.test)
+
+
+def parse_positive(text: str) -> float:
+    """argparse type: a finite number > 0 (a threshold, minutes)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number")
+    return value
 
 
 def parse_rate(text: str) -> float:

@@ -26,7 +26,7 @@ from memkd_stream.cli.gate import (
     print_gate,
     settle,
 )
-from memkd_stream.cli.inputs import parse_rate
+from memkd_stream.cli.inputs import parse_positive, parse_rate
 from memkd_stream.cli.main import Context, UsageError, line_arg, whole_number
 from memkd_stream.cli.output import Output, human_bytes
 from memkd_stream.cli.stored_models import Teachers, stored_model
@@ -118,7 +118,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("line", type=line_arg, metavar="LINE", help=_LINE_HELP)
     how = p.add_mutually_exclusive_group(required=True)
-    how.add_argument("--value", type=_positive_float, metavar="X", help="this raw threshold")
+    how.add_argument("--value", type=parse_positive, metavar="X", help="this raw threshold")
     how.add_argument(
         "--target-fpr",
         type=parse_rate,
@@ -181,16 +181,6 @@ def _gate_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--force", action="store_true", help="activate even if the gate refuses or cannot compare"
     )
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0.0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number")
-    return value
 
 
 def record_summary(record: dict[str, Any]) -> dict[str, Any]:

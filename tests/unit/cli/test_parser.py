@@ -51,6 +51,8 @@ def test_every_command_has_help(command, capsys):
         ["fit", "--line", "A", "--data", "d", "--precision", "half"],
         ["fit", "--line", "A", "--data", "d", "--target-fpr", "1.5"],
         ["fit", "--line", "A", "--data", "d", "--target-fpr", "1%"],
+        ["fit", "--line", "A", "--data", "d", "--max-minutes", "0"],
+        ["fit", "--line", "A", "--data", "d", "--max-minutes", "-1"],
         ["fit", "--line", "A", "--data", "d", "--threshold-rule", "median"],
         ["fit", "--line", "A", "--data", "d", "--threshold-from", "both"],
         ["eval", "--artifact", "x.safetensors", "--data", "d", "--precision", "fp64"],

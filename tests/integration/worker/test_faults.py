@@ -57,6 +57,9 @@ def _check_duplicates_are_replays(results: list[dict[str, Any]]) -> None:
     assert all(len(s) == 1 for s in sources.values()), sources
 
 
+_BACKLOG = 6  # uncommitted records on a partition of the victim's when it is killed
+
+
 def test_kill_9_with_records_in_flight_hands_over_within_seconds(
     worker_env: WorkerEnv, artifact_v1: Path, line_data: Path, tmp_path: Path
 ) -> None:
@@ -76,13 +79,20 @@ def test_kill_9_with_records_in_flight_hands_over_within_seconds(
         results = worker_env.read(worker_env.results, count=0, timeout_s=1)
         victims = {r["source"]["partition"] for r in results if r["worker"] == "w1"}
         committed, ends = worker_env.committed(), worker_env.end_offsets()
-        behind = {p for p in victims if (committed[p] or 0) < ends[p]}
+        # A backlog of several records, so the victim cannot finish and commit them all in the
+        # moment between this check and the kill.
+        behind = {p for p in victims if ends[p] - (committed[p] or 0) >= _BACKLOG}
         if behind:
             break
         time.sleep(0.2)
     victim.send_signal(signal.SIGKILL)
     killed_ms = time.time() * 1000
     victim.wait(10)
+    # What the victim left uncommitted, read once it is dead (the peer cannot have taken its
+    # partitions over yet: that waits the session timeout).
+    committed = worker_env.committed()
+    behind = {p for p in behind if (committed[p] or 0) < ends[p]}
+    assert behind, "the victim committed all its records before the kill landed"
     results = _answered(worker_env, {i for i, _ in payload}, timeout_s=180)
     peer.send_signal(signal.SIGTERM)
     assert peer.wait(timeout=30) == 0

@@ -198,7 +198,10 @@ class ResultSink:
         # (= kafka.unreachable_timeout_s). The record stays unacknowledged, so it is never
         # committed; exiting lets a restarted worker re-read it.
         self.ctx.state.fail(
-            f"result delivery failed: {type(exc).__name__}: {exc}", ExitCode.BROKER_UNREACHABLE
+            f"Kafka broker unreachable: a result was not delivered within "
+            f"kafka.unreachable_timeout_s={self.ctx.kafka.unreachable_timeout_s}: "
+            f"{type(exc).__name__}: {exc}",
+            ExitCode.BROKER_UNREACHABLE,
         )
         self.ctx.log.error(
             "delivery failed; the record stays uncommitted",

@@ -28,7 +28,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tests.support: the same helpers the fault tests use
@@ -97,17 +96,6 @@ def _row(scenario: str, env: WorkerEnv, payload: list[tuple[str, bytes]], recove
     )
 
 
-def _wait_all(env: WorkerEnv, want: set[str], timeout_s: float) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + timeout_s
-    results: list[dict[str, Any]] = []
-    while time.monotonic() < deadline:
-        results = env.read(env.results, count=0, timeout_s=1)
-        if want <= {r["id"] for r in results}:
-            break
-        time.sleep(0.5)
-    return results
-
-
 class _Stream:
     """Images at a steady rate, round robin over the partitions, until stopped: a camera line."""
 
@@ -173,7 +161,7 @@ def _kill9(services: PrivateServices, data: Path, logs: Path, n: int) -> Row:
                 and r["kafka"]["timestamp_ms"] >= killed_ms
             ]  # fmt: skip
         time.sleep(2)  # the stream goes on a little after the handover
-    _wait_all(env, {i for i, _ in stream.sent}, 240)
+    env.answered({i for i, _ in stream.sent}, 240)
     peer.send_signal(signal.SIGTERM)
     peer.wait(60)
     recover = (min(after) - killed_ms) / 1000 if after else float("nan")
@@ -187,13 +175,13 @@ def _restart(services: PrivateServices, data: Path, logs: Path, n: int) -> Row:
     wait_ready(worker)
     before, after = _images(data, n // 2, "b"), _images(data, n - n // 2, "a")
     env.produce(before)
-    _wait_all(env, {i for i, _ in before}, 120)
+    env.answered({i for i, _ in before}, 120)
     services.stop_kafka()
     time.sleep(down_s)
     services.up()
     back_ms = time.time() * 1000
     env.produce(after)
-    results = _wait_all(env, {i for i, _ in before + after}, 180)
+    results = env.answered({i for i, _ in before + after}, 180)
     alive = worker.poll() is None
     firsts = [r["kafka"]["timestamp_ms"] for r in results if r["id"] in dict(after)]
     worker.send_signal(signal.SIGTERM)
@@ -220,7 +208,7 @@ def _redis(services: PrivateServices, data: Path, logs: Path, n: int) -> Row:
     while time.monotonic() - stopped < 10:
         time.sleep(0.5)
     subprocess.run(["kill", "-CONT", str(redis_pid)], check=True)
-    results = _wait_all(env, {i for i, _ in payload}, 120)
+    results = env.answered({i for i, _ in payload}, 120)
     stamps = sorted(r["kafka"]["timestamp_ms"] for r in results)
     for stamp in stamps:
         gap_ms = max(gap_ms, stamp - last_ms)
@@ -244,7 +232,7 @@ def _sigterm(services: PrivateServices, data: Path, logs: Path, n: int) -> Row:
     drained = time.monotonic() - sent if rc == 0 else float("nan")
     successor = env.spawn_worker(logs / "sigterm-2.log")
     wait_ready(successor)
-    _wait_all(env, {i for i, _ in payload}, 180)
+    env.answered({i for i, _ in payload}, 180)
     successor.send_signal(signal.SIGTERM)
     successor.wait(60)
     return _row("sigterm under load (drain)", env, payload, drained)

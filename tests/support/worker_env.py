@@ -137,6 +137,18 @@ class WorkerEnv:
         finally:
             producer.close(timeout=5)
 
+    def answered(self, want: set[str], timeout_s: float) -> list[dict[str, Any]]:
+        """Every result so far, read again until they answer every id in ``want`` (at least
+        once) or the timeout; the caller checks what is missing."""
+        deadline = time.monotonic() + timeout_s
+        results: list[dict[str, Any]] = []
+        while time.monotonic() < deadline:
+            results = self.read(self.results, count=0, timeout_s=1)
+            if want <= {r["id"] for r in results}:
+                break
+            time.sleep(0.5)
+        return results
+
     def read(self, topic: str, *, count: int, timeout_s: float = 60.0) -> list[dict[str, Any]]:
         """Records of ``topic`` (results parsed, dead letters as headers) until ``count`` or
         the timeout; waits a moment more to catch any extra (duplicate) record."""

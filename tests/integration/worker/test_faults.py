@@ -38,17 +38,6 @@ def _produce_everywhere(env: WorkerEnv, payload: list[tuple[str, bytes]]) -> Non
         env.produce(payload[p :: env.partitions], partition=p)
 
 
-def _answered(env: WorkerEnv, want: set[str], timeout_s: float) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + timeout_s
-    results: list[dict[str, Any]] = []
-    while time.monotonic() < deadline:
-        results = env.read(env.results, count=0, timeout_s=1)
-        if want <= {r["id"] for r in results}:
-            break
-        time.sleep(0.5)
-    return results
-
-
 def _check_duplicates_are_replays(results: list[dict[str, Any]]) -> None:
     """At least once: a duplicate is the same request scored again (same id, same source)."""
     sources: dict[str, set[tuple[int, int]]] = defaultdict(set)
@@ -93,7 +82,7 @@ def test_kill_9_with_records_in_flight_hands_over_within_seconds(
     committed = worker_env.committed()
     behind = {p for p in behind if (committed[p] or 0) < ends[p]}
     assert behind, "the victim committed all its records before the kill landed"
-    results = _answered(worker_env, {i for i, _ in payload}, timeout_s=180)
+    results = worker_env.answered({i for i, _ in payload}, timeout_s=180)
     peer.send_signal(signal.SIGTERM)
     assert peer.wait(timeout=30) == 0
     assert {r["id"] for r in results} == {i for i, _ in payload}  # nothing lost
@@ -137,7 +126,7 @@ def test_a_broker_restart_shorter_than_the_budget_is_ridden_out(
         wait_ready(worker)
         before = _payload(line_data, 6, "before")
         env.produce(before)
-        assert len(_answered(env, {i for i, _ in before}, timeout_s=90)) >= len(before)
+        assert len(env.answered({i for i, _ in before}, timeout_s=90)) >= len(before)
 
         services.stop_kafka()
         time.sleep(8)  # down for a while, well inside kafka.unreachable_timeout_s
@@ -145,7 +134,7 @@ def test_a_broker_restart_shorter_than_the_budget_is_ridden_out(
         back_ms = time.time() * 1000
         after = _payload(line_data, 6, "after")
         env.produce(after)
-        results = _answered(env, {i for i, _ in before + after}, timeout_s=120)
+        results = env.answered({i for i, _ in before + after}, timeout_s=120)
         assert worker.poll() is None, "the worker exited although the broker came back"
         first_after = min(r["kafka"]["timestamp_ms"] for r in results if r["id"] in dict(after))
         recovered_s = (first_after - back_ms) / 1000

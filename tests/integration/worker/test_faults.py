@@ -46,7 +46,7 @@ def _check_duplicates_are_replays(results: list[dict[str, Any]]) -> None:
     assert all(len(s) == 1 for s in sources.values()), sources
 
 
-_BACKLOG = 6  # uncommitted records on a partition of the victim's when it is killed
+_BACKLOG = 3  # uncommitted records on a partition of the victim's when it is killed
 
 
 def test_kill_9_with_records_in_flight_hands_over_within_seconds(

@@ -58,7 +58,7 @@ def test_kill_9_with_records_in_flight_hands_over_within_seconds(
     peer = worker_env.spawn_worker(tmp_path / "w2.log", MEMKD_WORKER__WORKER_ID="w2", **slow)
     wait_ready(victim)
     wait_ready(peer)
-    payload = _payload(line_data, 90, "k9")
+    payload = _payload(line_data, 240, "k9")  # enough work to still be busy when looked at
     _produce_everywhere(worker_env, payload)
     # Kill only once the victim provably holds unfinished work: a partition it answers for
     # whose committed offset is below the end of the partition.

@@ -1,4 +1,4 @@
-# memkd-stream: one entry point for developers and CI (.ci/run runs `make test`).
+# memkd-stream: one entry point for developers and CI (.ci/run runs `make lint`, then `make test`).
 #
 #   make setup          venv + locked Python deps (uv), Kafka jars (Maven), redis-server (apt)
 #   make services-up    local Kafka (KRaft) on 127.0.0.1:39092, SASL_SSL on :39094 (SCRAM-SHA-512,

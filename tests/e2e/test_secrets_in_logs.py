@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import CLI
+from tests.support.cli_runner import CLI
 
 SASL_PASSWORD = "e2e-Sasl-Pass-41"
 KEY_PASSWORD = "e2e-Key-Pass-42"

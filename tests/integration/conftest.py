@@ -21,19 +21,17 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
 from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
-from pydantic import SecretStr
 
 from deploy.local import services as local_services
 from memkd_stream.broker.clients import make_admin
-from memkd_stream.settings import KafkaSettings, Settings, load_settings
+from memkd_stream.settings import Settings, load_settings
+from tests.support.sasl import SaslListener
 
 TopicFactory = Callable[..., str]
 
@@ -67,31 +65,6 @@ def kafka_bootstrap(service_settings: Settings) -> str:
     except Exception as exc:
         _fail("Kafka", bootstrap, exc)
     return bootstrap
-
-
-@dataclass(frozen=True)
-class SaslListener:
-    """The broker's SASL_SSL listener (SCRAM-SHA-512 over TLS) and how to log in to it."""
-
-    bootstrap: str
-    cafile: Path
-    username: str
-    password: str
-    mechanism: str = local_services.SASL_MECHANISM
-
-    def settings(self, **changes: Any) -> KafkaSettings:
-        """Kafka settings that log in as this user; ``changes`` replace fields (a wrong
-        ``sasl_password``, another ``ssl_cafile``...)."""
-        fields: dict[str, Any] = {
-            "bootstrap_servers": self.bootstrap,
-            "security_protocol": "SASL_SSL",
-            "sasl_mechanism": self.mechanism,
-            "sasl_username": self.username,
-            "sasl_password": SecretStr(self.password),
-            "ssl_cafile": self.cafile,
-        }
-        fields.update(changes)
-        return KafkaSettings(**fields)
 
 
 @pytest.fixture(scope="session")

@@ -27,7 +27,7 @@ from kafka.errors import KafkaTimeoutError
 from deploy.local import services as local_services
 from memkd_stream.broker.clients import make_admin
 from memkd_stream.settings import KafkaSettings
-from tests.integration.conftest import SaslListener
+from tests.support.sasl import SaslListener
 
 pytestmark = pytest.mark.integration
 

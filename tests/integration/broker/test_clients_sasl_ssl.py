@@ -20,7 +20,7 @@ from kafka.errors import KafkaTimeoutError
 from pydantic import SecretStr, ValidationError
 
 from memkd_stream.broker.clients import make_producer, make_reader
-from tests.integration.conftest import SaslListener
+from tests.support.sasl import SaslListener
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from memkd_stream.errors import ExitCode
-from tests.integration.conftest import SaslListener
+from tests.support.sasl import SaslListener
 from tests.support.worker_env import REPO, WORKER_BIN, WorkerEnv, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]

@@ -32,6 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tests.support: the same helpers the fault tests use
 
+from memkd_stream.contract.headers import HEADER_ID  # noqa: E402
 from tests.support.models import tiny_artifact  # noqa: E402
 from tests.support.private_services import PrivateServices  # noqa: E402
 from tests.support.worker_env import WorkerEnv, wait_ready  # noqa: E402
@@ -126,7 +127,7 @@ class _Stream:
             value = self.images[i % len(self.images)][1]
             self._producer.send(
                 self.env.inspect, key=b"A", value=value, partition=i % 3,
-                headers=[("memkd-id", image_id.encode())],
+                headers=[(HEADER_ID, image_id.encode())],
             )  # fmt: skip
             self.sent.append((image_id, value))
             i += 1

@@ -51,6 +51,8 @@ from typing import Any
 
 import torch
 
+from memkd_stream.contract.headers import HEADER_ID, HEADER_SENT_AT
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
 STAGES = ("decode", "batch_wait", "forward", "encode", "produce")
@@ -305,8 +307,8 @@ class _Stream:
                 if delay > 0:
                     time.sleep(delay)
             headers = [
-                ("memkd-id", f"{prefix}{i}".encode()),
-                ("memkd-sent-at", str(int(time.time() * 1000)).encode()),
+                (HEADER_ID, f"{prefix}{i}".encode()),
+                (HEADER_SENT_AT, str(int(time.time() * 1000)).encode()),
             ]
             producer.send(self.settings.kafka.inspect_topic, key=b"A", value=value, headers=headers)
         producer.flush(120)
@@ -346,7 +348,7 @@ class _Stream:
             for records in consumer.poll(timeout_ms=500).values():
                 for r in records:
                     headers = dict(r.headers or [])
-                    if headers.get("memkd-id", b"").decode().startswith(prefix):
+                    if headers.get(HEADER_ID, b"").decode().startswith(prefix):
                         out.append(float(r.timestamp - int(headers["memkd-sent-at"])))
         consumer.close()
         return out

@@ -53,8 +53,8 @@ class ExitCode(IntEnum):
 
     OK = 0  # done; the worker drained and stopped after SIGTERM/SIGINT
     # memkd-stream: the command failed (an expected error, one line on stderr);
-    # memkd-worker: ended hard (a drain overran its grace period, or a fetched record could not
-    # be located to skip it)
+    # memkd-worker: ended hard (a drain overran its grace period, a fetched record could not be
+    # located to skip it, or the consumer loop crashed: a bug)
     FAILED = 1
     # bad arguments or settings, credentials or certificate files the broker refuses; the
     # worker: also a teacher that cannot be loaded

@@ -4,8 +4,8 @@ Builds everything from settings (DESIGN.md §6), serves ``/metrics``, ``/healthz
 loads the teachers and preloads lines, starts the hot swapper and runs the Kafka loop until
 SIGTERM/SIGINT (logged the moment it arrives). Exit codes (``ExitCode``, the table in README.md):
 0 after a clean drain, 1 ended hard, 2 settings or credentials to fix or a teacher that cannot be
-loaded, 3 Kafka broker unreachable for longer than ``kafka.unreachable_timeout_s`` (Kubernetes
-restarts the pod; nothing unacknowledged was committed).
+loaded, 3 Kafka broker unreachable for longer than ``kafka.unreachable_timeout_s``, 4 a device
+fault (Kubernetes restarts the pod; nothing unacknowledged was committed).
 """
 
 from __future__ import annotations
@@ -47,11 +47,12 @@ HTTP endpoints (on MEMKD_METRICS__HOST:MEMKD_METRICS__PORT, default 0.0.0.0:9400
 
 exit codes:
   0  drained and stopped after SIGTERM/SIGINT
-  1  ended hard: a drain did not finish within worker.drain_grace_s + 5 s, or a fetched
-     record could not be located to skip it
+  1  ended hard: a drain did not finish within worker.drain_grace_s + 5 s, a fetched
+     record could not be located to skip it, or the consumer loop crashed (a bug)
   2  bad settings, credentials or certificate the broker refuses, or a teacher that cannot
      be loaded (a restart cannot help)
   3  Kafka broker unreachable for longer than kafka.unreachable_timeout_s
+  4  device fault: the accelerator fails every batch (nothing of it is committed)
 
 examples:
   MEMKD_KAFKA__BOOTSTRAP_SERVERS=kafka:9092 MEMKD_REDIS__URL=redis://redis:6379/0 memkd-worker
@@ -93,6 +94,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     log_ref: list[Logger] = []  # the logger once logging is configured
     grace = {"s": 30.0}
 
+    def end_hard() -> None:
+        why = f"the stop did not finish within worker.drain_grace_s + {_HARD_EXIT_MARGIN_S:g} s"
+        if log_ref:
+            log_ref[0].error("ending hard", reason=why, exit_code=int(ExitCode.FAILED))
+        else:
+            print(f"memkd-worker: ending hard: {why}", file=sys.stderr, flush=True)
+        os._exit(ExitCode.FAILED)
+
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         # Say so at once: a drain can take drain_grace_s, and a silent pod looks hung.
         name = signal.Signals(signum).name
@@ -114,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for worker in worker_ref:
             worker.stop()
         # Last resort: a drain that cannot finish must not outlive the pod's grace period.
-        timer = threading.Timer(grace["s"] + _HARD_EXIT_MARGIN_S, lambda: os._exit(ExitCode.FAILED))
+        timer = threading.Timer(grace["s"] + _HARD_EXIT_MARGIN_S, end_hard)
         timer.daemon = True
         timer.start()
 

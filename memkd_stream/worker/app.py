@@ -124,7 +124,7 @@ class Worker:
             self.consumer_loop.run()
         except Exception as exc:  # a bug in the loop must not look like a clean exit
             ctx.log.exception("consumer loop crashed", error=str(exc))
-            state.fail(f"consumer loop crashed: {exc}", ExitCode.BROKER_UNREACHABLE)
+            state.fail(f"consumer loop crashed: {exc}", ExitCode.FAILED)
         if state.fatal is None:
             self._drain()
         else:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from memkd_stream.errors import ErrorCode, ExitCode, MemkdStreamError
@@ -19,6 +21,18 @@ def test_exit_codes_are_the_documented_ones() -> None:
         "NOT_ACTIVATED": 5,
         "INTERRUPTED": 130,
     }
+
+
+@pytest.mark.parametrize("doc", ["README.md", "DESIGN.md"])
+def test_the_documented_exit_code_tables_list_every_exit_code(repo_root: Path, doc: str) -> None:
+    """Each exit status has a row in both tables, and neither table has a row for a status that
+    does not exist."""
+    rows = set()
+    for line in (repo_root / doc).read_text().splitlines():
+        cells = [c.strip() for c in line.strip().split("|")]
+        if len(cells) == 5 and cells[1].isdigit():  # | code | memkd-stream | memkd-worker |
+            rows.add(int(cells[1]))
+    assert rows == {int(code) for code in ExitCode}
 
 
 def test_error_codes_are_unique_kebab_case() -> None:

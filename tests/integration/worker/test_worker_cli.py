@@ -123,7 +123,9 @@ def test_worker_help_and_version() -> None:
     assert shown.returncode == 0
     for needle in ("/metrics", "/healthz", "/readyz", "MEMKD_METRICS__PORT", "9400", "exit codes"):
         assert needle in shown.stdout, needle
-    assert "2  bad settings" in shown.stdout and "3  Kafka broker unreachable" in shown.stdout
+    codes = {int(line.split()[0]) for line in shown.stdout.split("exit codes:")[1].splitlines()
+             if line[:3].strip().isdigit()}  # fmt: skip
+    assert codes == {0, 1, 2, 3, 4}, shown.stdout  # the worker's own statuses (README table)
     version = subprocess.run([WORKER, "--version"], capture_output=True, text=True, timeout=60)
     assert version.returncode == 0 and version.stdout.startswith("memkd-worker ")
 
@@ -139,3 +141,37 @@ def test_worker_logs_sigterm_as_it_arrives(worker_env: WorkerEnv, tmp_path: Path
     got = [e for e in events if e.get("event") == "signal received; draining then exiting"]
     assert got and got[0]["signal"] == "SIGTERM", names
     assert names.index(got[0]["event"]) < names.index("worker exited")
+
+
+def test_a_stop_that_cannot_finish_ends_hard_with_exit_1(tmp_path: Path) -> None:
+    """SIGTERM while the consumer is still trying to reach a dead broker: nothing can drain, so
+    after ``worker.drain_grace_s`` + 5 s the process ends hard, says so, and exits 1."""
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("MEMKD_")},
+        "MEMKD_KAFKA__BOOTSTRAP_SERVERS": "127.0.0.1:1",  # nothing listens there
+        "MEMKD_KAFKA__UNREACHABLE_TIMEOUT_S": "300",  # so it keeps trying through the test
+        "MEMKD_WORKER__DRAIN_GRACE_S": "1",
+        "MEMKD_REDIS__URL": "redis://127.0.0.1:1/0",
+        "MEMKD_METRICS__HOST": "127.0.0.1",
+        "MEMKD_METRICS__PORT": "0",
+    }
+    log_path = tmp_path / "worker.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen([WORKER], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        # Start-up is over and the worker's Kafka clients are failing to connect.
+        while "ECONNREFUSED" not in log_path.read_text().partition("lines preloaded")[2]:
+            assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        assert proc.wait(timeout=60) == 1
+        took = time.monotonic() - signalled
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert 5 < took < 30, took  # grace 1 s + 5 s margin; generous for a busy machine
+    events = [json.loads(x) for x in log_path.read_text().splitlines() if x.startswith("{")]
+    ended = [e for e in events if e.get("event") == "ending hard"]
+    assert ended and ended[0]["exit_code"] == 1 and "drain_grace_s" in ended[0]["reason"]

@@ -7,6 +7,7 @@ the settings must change); the password appears in no log line, at DEBUG either.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -47,8 +48,12 @@ def test_the_worker_scores_through_sasl_ssl(
     worker_env.env.update(_sasl_env(kafka_sasl))  # the worker, the camera and the reader alike
     env = {**os.environ, **worker_env.env}
     folder = line_data / "test" / "good"
-    sent = _cli(env, "produce", "--line", "A", str(folder), "--id-from-filename")
+    sent = _cli(
+        env, "--log-level", "DEBUG", "produce", "--line", "A", str(folder), "--id-from-filename"
+    )
     assert sent.returncode == 0, sent.stderr
+    assert "KafkaProducer" in sent.stderr  # the client's DEBUG config dump ran...
+    assert kafka_sasl.password not in sent.stdout + sent.stderr  # ...without the password
     count = len(list(folder.glob("*.png")))
     worker = worker_env.start_thread_worker()
     try:
@@ -91,7 +96,11 @@ def test_a_wrong_password_stops_the_worker_with_exit_2(
         [str(WORKER_BIN)], env=env, capture_output=True, text=True, timeout=180, cwd=REPO
     )
     assert done.returncode == ExitCode.USAGE, done.stderr[-3000:]
-    assert "accepts connections but our client could not log in" in done.stderr
+    ours = [json.loads(x) for x in done.stderr.splitlines() if '"logger": "memkd_stream' in x]
+    errors = [e for e in ours if e["level"] == "error"]
+    assert len(errors) == 1, errors  # one clear line saying what to check
+    assert "accepts connections but our client could not log in" in errors[0]["event"]
+    assert errors[0]["code"] == "kafka-refused"
     assert "Wrong-Password-78" not in done.stdout + done.stderr
 
 

@@ -6,8 +6,8 @@ Every failure a user or an operator can act on is a :class:`MemkdStreamError`: a
 live with the package that raises them (``lines.errors``, ``broker.errors``,
 ``contract.errors``, ``worker.engine``); only the base and the code tables live here.
 
-The model library has the same shape (``memkd.errors.MemKDError(message, *, code=None)``) and
-its own code table, because it never imports the service.
+The model library has the same shape (``memkd.errors.MemKDError(message, *, code=None)``) with
+its own codes (set by each of its error classes), because it never imports the service.
 """
 
 from __future__ import annotations

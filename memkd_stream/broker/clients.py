@@ -10,10 +10,16 @@ settings that make the contract hold are not scattered:
   revokes the partitions that actually move, so the other partitions keep flowing.
 - group-less reader (``make_reader``): what ``results`` and the tests read topics with; it
   joins no group and commits nothing, so it takes nothing from the workers.
-- producer: ``acks=all`` and idempotence (broker retries never duplicate or reorder a result),
+- producer: ``acks=all``, one request in flight per broker (a retry never reorders results),
   ``max_request_size`` matched to the topic limit, and a delivery timeout equal to the broker
   unreachable budget: a result that cannot be delivered within it fails, and the worker exits
-  without committing it.
+  without committing it. Not idempotent: kafka-python 3.0's idempotent producer turns any
+  non-retriable broker error on one record (a results topic whose ``max.message.bytes`` is
+  smaller than ours) into a fatal state that fails every later send, so one record would stop
+  the worker and, after each restart, every worker that takes its partition. Without it the
+  broker's refusal fails that record alone (the sink dead-letters it); the price is that a
+  retry after a lost acknowledgement can duplicate a result, which at-least-once allows
+  (same id, same source).
 
 Threading (kafka-python 3.x): each client drives its own IO thread. Rebalance listener
 callbacks run on the *consumer's* IO thread while ``poll()`` waits for them, so they must not
@@ -103,14 +109,16 @@ def make_consumer(
 def make_producer(
     kafka: KafkaSettings, *, client_id: str | None = None, **overrides: Any
 ) -> KafkaProducer:
-    """An idempotent ``acks=all`` producer sized for the topics' ``max.message.bytes``."""
+    """An ``acks=all`` producer, one request in flight, sized for the topics'
+    ``max.message.bytes`` (not idempotent: the module docstring says why)."""
     delivery_ms = int(float(kafka.unreachable_timeout_s) * 1000)
     request_ms = int(kafka.request_timeout_ms)
     config: dict[str, Any] = connection_kwargs(kafka)
     config.update(
         client_id=client_id or kafka.client_id,
         acks="all",
-        enable_idempotence=True,
+        enable_idempotence=False,
+        max_in_flight_requests_per_connection=1,
         compression_type=None if kafka.compression_type == "none" else kafka.compression_type,
         max_request_size=int(kafka.max_message_bytes),
         linger_ms=2,

@@ -6,8 +6,8 @@ read then, so the dead letters that replayed records may cause land after it and
 again in this pass. Each matching dead letter is judged by ``contract.replay.plan_replay`` and
 either re-produced once (a new request, with its original id and a bounded replay count) or
 listed with the reason it stays. Reading joins no consumer group and commits nothing; producing
-uses the idempotent ``acks=all`` producer, and the pass waits for every acknowledgement, so a
-record reported replayed is on the inspect topic.
+uses the ``acks=all`` producer of ``broker.clients``, and the pass waits for every
+acknowledgement, so a record reported replayed is on the inspect topic.
 """
 
 from __future__ import annotations

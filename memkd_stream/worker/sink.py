@@ -194,7 +194,7 @@ class ResultSink:
         future.add_errback(failed)
 
     def _undeliverable(self, item: WorkItem, offset: int, exc: BaseException) -> None:
-        # The idempotent producer already retried for delivery_timeout_ms
+        # The producer already retried for delivery_timeout_ms
         # (= kafka.unreachable_timeout_s). The record stays unacknowledged, so it is never
         # committed; exiting lets a restarted worker re-read it.
         self.ctx.state.fail(

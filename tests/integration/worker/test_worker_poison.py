@@ -15,13 +15,14 @@ from typing import Any
 import pytest
 from kafka.errors import UnsupportedCodecError
 
-from memkd_stream.broker.clients import make_producer
+from memkd_stream.broker.clients import make_admin, make_producer
 from tests.support.worker_env import REPO, WorkerEnv, category_images
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 LIMIT = 1 << 20  # the worker's record limit in this test (kafka.max_message_bytes)
 CAMERA_LIMIT = 4 << 20  # what the cameras may send (the topics take 16 MiB)
+TOPIC_LIMIT = 200_000  # a results topic set smaller than the worker's limit
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 
@@ -301,3 +302,42 @@ def test_a_batch_whose_publishing_fails_part_way_gives_one_output_per_record(
         assert worker.stop() == 0
     assert set(results) == {"b-0", "b-1", "b-3"}
     assert set(dead) == {"b-2"} and dead["b-2"]["error"] == "model-error"
+
+
+def test_a_result_the_broker_refuses_mid_batch_becomes_that_records_dead_letter(
+    worker_env: WorkerEnv, artifact_v1: Path, line_data: Path
+) -> None:
+    """The results topic takes less than the worker may send (a site's topic setting): the
+    broker, not the client, refuses one result of a batch; that record alone is dead-lettered,
+    and the worker goes on."""
+    from kafka.admin import ConfigResource, ConfigResourceType
+
+    admin = make_admin(worker_env.settings().kafka, client_id="memkd-tests", timeout_s=30)
+    try:
+        admin.alter_configs(
+            [
+                ConfigResource(
+                    ConfigResourceType.TOPIC,
+                    worker_env.results,
+                    configs={"max.message.bytes": str(TOPIC_LIMIT)},
+                )
+            ]
+        )
+    finally:
+        admin.close()
+    worker_env.store().publish("A", artifact_v1, who="test")
+    good = category_images(line_data)[0].read_bytes()
+    bulky = [("note", b"n" * (TOPIC_LIMIT + 10_000))]  # passed through onto its result
+    records = [{"key": b"A", "value": good, "headers": _id(f"r-{i}")} for i in range(4)]
+    records[2]["headers"] = _id("r-2") + bulky
+    _send(worker_env, records)
+    worker = worker_env.start_thread_worker(MEMKD_WORKER__MAX_WAIT_MS="500")
+    try:
+        results, dead = _outputs(worker_env, 4)
+        _send(worker_env, [{"key": b"A", "value": good, "headers": _id("r-after")}])
+        after, _ = _outputs(worker_env, 5)
+    finally:
+        assert worker.stop() == 0  # never fatal
+    assert set(results) == {"r-0", "r-1", "r-3"}
+    assert set(dead) == {"r-2"}
+    assert "r-after" in after

@@ -15,6 +15,8 @@ something RD also has, memory off (``rd``).
     .venv/bin/python bench/accuracy.py --arms base,init-data --seeds 0,1 --size 128
     .venv/bin/python bench/accuracy.py --arms final --seeds 0,1,2 --size 256 --test --tag final
     .venv/bin/python bench/accuracy.py --thresholds --tag accuracy_runs
+    .venv/bin/python bench/accuracy.py --thresholds --tag accuracy_runs,final256 \
+        --more-good 0,25,50,100
     .venv/bin/python bench/accuracy.py --quick        # 1 category, 1 seed, 40 steps: a smoke run
 """
 
@@ -236,6 +238,64 @@ def threshold_rows(folder: Path, score: str, arm: str = "") -> list[dict[str, An
     return rows
 
 
+def more_good_rows(folders: Sequence[Path], extra: Sequence[int], score: str) -> list[dict]:
+    """The default rule on the held-out scores plus ``n`` more good images (model/README.md,
+    "Thresholds with more good images"): the first ``n`` of a fixed permutation of the
+    category's validation good images join the evidence, the rest say how often it is crossed."""
+    from memkd.threshold import DEFAULT_RULE, threshold_for
+
+    rows = []
+    for npz in sorted(f for folder in folders for f in folder.glob("*.npz")):
+        f_arm, variant, category, seed, size = npz.stem.split("_")
+        data = np.load(npz)
+        hold, val, labels = data[f"hold_{score}"], data[f"val_{score}"], data["val_labels"]
+        good = val[labels == 0]
+        order = np.random.default_rng(0).permutation(good.size)
+        for n in extra:
+            evidence = np.concatenate([hold, good[order[:n]]])
+            observed_on = good[order[n:]]
+            for target in TARGETS:
+                thr = threshold_for(evidence, DEFAULT_RULE, target)
+                k = int(np.sum(observed_on >= thr))
+                lo, hi = clopper_pearson(k, observed_on.size)
+                observed = k / observed_on.size
+                rows.append({
+                    "folder": npz.parent.name, "arm": f_arm, "variant": variant,
+                    "category": category, "seed": int(seed), "size": int(size), "extra": n,
+                    "evidence": evidence.size, "target": target, "threshold": thr,
+                    "observed": observed, "n_observed": observed_on.size,
+                    "ci_low": lo, "ci_high": hi,
+                    "within_2x": target / 2 <= observed <= target * 2,
+                    "ci_meets_2x": lo <= target * 2 and hi >= target / 2,
+                })  # fmt: skip
+    return rows
+
+
+def more_good_summary(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| extra good images | target | pairs | observed FPR, mean (min-max) | within 2x "
+        "| CI reaches the 2x band |",
+        "|---|---|---|---|---|---|",
+    ]
+    for n in sorted({r["extra"] for r in rows}):
+        for target in TARGETS:
+            sel = [r for r in rows if r["extra"] == n and r["target"] == target]
+            obs = [r["observed"] for r in sel]
+            lines.append(
+                f"| {n} | {100 * target:g} % | {len(sel)} | {100 * np.mean(obs):.2f} % "
+                f"({100 * min(obs):.1f}-{100 * max(obs):.1f}) | "
+                f"{sum(r['within_2x'] for r in sel)}/{len(sel)} | "
+                f"{sum(r['ci_meets_2x'] for r in sel)}/{len(sel)} |"
+            )
+    top = max(r["extra"] for r in rows)
+    lines += ["", f"Per category at {top} extra good images (both targets):", "",
+              "| category | pairs | within 2x |", "|---|---|---|"]  # fmt: skip
+    for category in sorted({r["category"] for r in rows}):
+        sel = [r for r in rows if r["extra"] == top and r["category"] == category]
+        lines.append(f"| {category} | {len(sel)} | {sum(r['within_2x'] for r in sel)} |")
+    return "\n".join(lines)
+
+
 def threshold_summary(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| rule | target | fits | observed FPR (mean, min-max) | within 2x | recall (mean) |",
@@ -272,6 +332,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--thresholds", action="store_true", help="the threshold rules, post hoc on --tag's fits"
     )
+    parser.add_argument(
+        "--more-good",
+        default="",
+        help="with --thresholds: the default rule with this many extra good images added to the "
+        "evidence, e.g. 0,25,50,100 (over every --tag, comma-separated)",
+    )
     parser.add_argument("--score", default="max", help=f"image score: {', '.join(SCORES)}")
     args = parser.parse_args(argv)
     if args.quick:
@@ -280,6 +346,16 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     RESULTS.mkdir(parents=True, exist_ok=True)
     csv_path = RESULTS / f"{args.tag}.csv"
+    if args.thresholds and args.more_good:
+        tags = args.tag.split(",")
+        extra = [int(n) for n in args.more_good.split(",")]
+        rows = more_good_rows([RESULTS / t for t in tags], extra, args.score)
+        with open(RESULTS / "more_good_thresholds.csv", "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        print(more_good_summary(rows))
+        return 0
     if args.thresholds:
         rows = threshold_rows(
             RESULTS / args.tag, args.score, args.arms if "," not in args.arms else ""

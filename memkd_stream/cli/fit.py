@@ -19,7 +19,10 @@ from rich.console import Console
 from memkd_stream.cli.gate import GateOutcome, gate_new_version, plan_images, print_gate
 from memkd_stream.cli.inputs import (
     BACKBONES,
+    DEFAULT_TARGET_FPR,
+    DEFAULT_THRESHOLD_RULE,
     PRECISIONS,
+    THRESHOLD_RULES,
     DatasetError,
     DatasetInput,
     check_readable,
@@ -43,10 +46,6 @@ if TYPE_CHECKING:
 
 __all__ = ["register"]
 
-# memkd.threshold's names, spelled here so that `--help` does not import torch
-RULES = ("lognormal", "lognormal_fit", "normal", "mean_std", "quantile")
-DEFAULT_RULE = "lognormal_fit"
-DEFAULT_TARGET_FPR = 0.01
 
 MIN_TRAIN_IMAGES = 8
 DEFAULT_INPUT_SIZE = 256
@@ -127,9 +126,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--threshold-rule",
-        choices=RULES,
-        help=f"how held-out good scores set the threshold (default {DEFAULT_RULE}: the fitted "
-        "log-normal's quantile for --target-fpr; lognormal: a more cautious prediction bound)",
+        choices=THRESHOLD_RULES,
+        help="how held-out good scores set the threshold (default "
+        f"{DEFAULT_THRESHOLD_RULE}: the fitted log-normal's quantile for --target-fpr; "
+        "lognormal: a more cautious prediction bound)",
     )
     p.add_argument(
         "--defects",

@@ -24,7 +24,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BACKBONES",
+    "DEFAULT_TARGET_FPR",
+    "DEFAULT_THRESHOLD_RULE",
     "PRECISIONS",
+    "TARGET_THRESHOLD_RULES",
+    "THRESHOLD_RULES",
     "DatasetError",
     "DatasetInput",
     "Unreadable",
@@ -39,6 +43,13 @@ __all__ = [
     "torch_device",
     "torch_precision",
 ]
+
+# memkd.threshold's names, spelled here so that `--help` does not import torch (a unit test
+# keeps them equal)
+THRESHOLD_RULES = ("lognormal", "lognormal_fit", "normal", "mean_std", "quantile")
+TARGET_THRESHOLD_RULES = ("lognormal", "lognormal_fit", "normal")  # the rules a target rate sets
+DEFAULT_THRESHOLD_RULE = "lognormal_fit"
+DEFAULT_TARGET_FPR = 0.01
 
 # Listed here (not imported from memkd) so that ``--help`` never imports torch.
 BACKBONES = ("tf_efficientnet_lite0", "wide_resnet50_2")

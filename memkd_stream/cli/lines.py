@@ -26,7 +26,7 @@ from memkd_stream.cli.gate import (
     print_gate,
     settle,
 )
-from memkd_stream.cli.inputs import parse_positive, parse_rate
+from memkd_stream.cli.inputs import TARGET_THRESHOLD_RULES, parse_positive, parse_rate
 from memkd_stream.cli.main import Context, UsageError, line_arg, whole_number
 from memkd_stream.cli.output import Output, human_bytes
 from memkd_stream.cli.stored_models import Teachers, stored_model
@@ -47,6 +47,7 @@ examples:
   memkd-stream lines rollback A
   memkd-stream lines publish A A-20250101T120000Z.safetensors --gate-data data/held-out
   memkd-stream lines threshold A --target-fpr 0.005
+  memkd-stream lines threshold A --good data/A/good-since-march
   memkd-stream lines shadow A 7
   memkd-stream lines export A --version 3 --out A-v3.safetensors
   memkd-stream lines late-policy A dead-letter
@@ -117,17 +118,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "hot-swapped like any version)",
     )
     p.add_argument("line", type=line_arg, metavar="LINE", help=_LINE_HELP)
-    how = p.add_mutually_exclusive_group(required=True)
+    how = p.add_mutually_exclusive_group()
     how.add_argument("--value", type=parse_positive, metavar="X", help="this raw threshold")
     how.add_argument(
         "--target-fpr",
         type=parse_rate,
         metavar="F",
         help="the threshold the calibration's rule sets for this expected false-alarm rate, "
-        "from the held-out scores it stores",
+        "from the held-out scores it stores (and --good's)",
     )
     p.add_argument(
-        "--rule", choices=("lognormal", "normal"), help="with --target-fpr: the rule to use"
+        "--good",
+        type=Path,
+        metavar="DIR",
+        help="more good images of the line, never trained on (50 or more: nine held-out images "
+        "cannot pin a 1 %% rate): scored with the active version and added to the calibration's "
+        "evidence; the threshold is set again at --target-fpr, else the calibration's target",
+    )
+    p.add_argument(
+        "--rule",
+        choices=TARGET_THRESHOLD_RULES,
+        help="with --target-fpr or --good: the rule to use (default: the calibration's)",
     )
     p.add_argument("--out", type=Path, metavar="FILE", help="artifact path (default ./<line>-...)")
     _gate_options(p)

@@ -223,3 +223,31 @@ def test_threshold_change_reaches_a_running_worker_and_shadow_results_carry_both
         assert r["shadow"]["anomalous"] == (r["shadow"]["score"] >= r["shadow"]["threshold"])
         index = int(r["id"].rsplit("-", 1)[1]) % len(files)  # _stream_until's ids
         assert r["shadow"]["score"] == pytest.approx(expected[index], abs=1e-4)
+
+
+def test_more_good_images_reset_the_threshold_without_retraining(
+    worker_env: WorkerEnv, artifact_v1: Path, line_data: Path, tmp_path: Path
+) -> None:
+    """``lines threshold A --good DIR``: the folder's images, scored by the active version, join
+    the calibration's held-out scores; the new version keeps the weights (a delta)."""
+    from memkd.anomaly import Calibration
+    from memkd.line_model import LineModel
+
+    store = worker_env.store()
+    store.publish("A", artifact_v1, who="test")
+    old = LineModel.load(artifact_v1, None).calibration
+    assert old is not None
+    good = tmp_path / "good"
+    good.mkdir()
+    files = sorted((line_data / "test" / "good").glob("*.png"))
+    for f in files:
+        (good / f.name).write_bytes(f.read_bytes())
+    (good / "broken.png").write_bytes(b"not a png")  # skipped with a warning, not fatal
+    status, report = _cli(worker_env, "lines", "threshold", "A", "--good", good, "--force")
+    assert status == 0, report
+    assert report["good_scores"] == {"from": len(old.scores), "to": len(old.scores) + len(files)}
+    assert store.current("A") == 2
+    meta = store.meta("A", 2)
+    new = Calibration.from_dict(meta["metadata"]["calibration"])
+    assert new.scores[: len(old.scores)] == old.scores and new.threshold != old.threshold
+    assert meta["parent"] == 1  # the same weights: a delta of version 1

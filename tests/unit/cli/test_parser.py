@@ -65,7 +65,9 @@ def test_every_command_has_help(command, capsys):
         ["data", "synth", "--out", "d", "--n-train", "-3"],
         ["data", "synth", "--out", "d", "--size", "10"],
         ["lines", "show", "-bad"],
-        ["lines", "threshold", "A"],  # neither --value nor --target-fpr
+        ["lines", "threshold", "A"],  # neither --value, --target-fpr nor --good
+        ["lines", "threshold", "A", "--value", "1", "--good", "d"],
+        ["lines", "threshold", "A", "--target-fpr", "0.01", "--rule", "mean_std"],
         ["lines", "threshold", "A", "--value", "0"],
         ["lines", "threshold", "A", "--target-fpr", "1"],
         ["lines", "threshold", "A", "--value", "1", "--target-fpr", "0.01"],
@@ -185,14 +187,16 @@ def test_threshold_from_defects_without_any_is_a_usage_error(tmp_path, capsys):
 
 
 def test_the_threshold_names_match_memkds() -> None:
-    """fit spells memkd.threshold's names so that --help never imports torch: keep them equal."""
-    from memkd.threshold import DEFAULT_RULE, DEFAULT_TARGET_FPR, RULES
+    """The CLI spells memkd.threshold's names so that --help never imports torch: keep them
+    equal."""
+    from memkd.threshold import DEFAULT_RULE, DEFAULT_TARGET_FPR, RULES, TARGET_RULES
 
-    from memkd_stream.cli import fit
+    from memkd_stream.cli import inputs
 
-    assert (fit.RULES, fit.DEFAULT_RULE, fit.DEFAULT_TARGET_FPR) == (
-        RULES, DEFAULT_RULE, DEFAULT_TARGET_FPR
-    )  # fmt: skip
+    assert (
+        inputs.THRESHOLD_RULES, inputs.TARGET_THRESHOLD_RULES, inputs.DEFAULT_THRESHOLD_RULE,
+        inputs.DEFAULT_TARGET_FPR,
+    ) == (RULES, TARGET_RULES, DEFAULT_RULE, DEFAULT_TARGET_FPR)  # fmt: skip
 
 
 @pytest.mark.parametrize("preset", [None, "ACTIVE"])

@@ -87,3 +87,18 @@ def test_topk_score_is_the_mean_of_the_highest_pixels() -> None:
     torch.testing.assert_close(image_scores(maps), torch.tensor([5.0, 9.0]))
     torch.testing.assert_close(image_scores(maps, 0.03), torch.tensor([4.0, 3.0]))  # 3 pixels
     torch.testing.assert_close(image_scores(maps, 0.001), torch.tensor([5.0, 9.0]))  # >= 1
+
+
+def test_more_good_scores_join_the_evidence_and_reset_the_threshold() -> None:
+    rng = np.random.default_rng(0)
+    held_out = np.exp(rng.normal(0.0, 0.2, 9))
+    old = Calibration.from_scores(held_out, rule="lognormal_fit", target_fpr=0.01)
+    more = np.exp(rng.normal(0.0, 0.2, 200))
+    new = old.with_more_good(more)
+    assert new.n == 209 and new.scores[:9] == old.scores  # the held-out scores stay evidence
+    assert new.rule == "lognormal_fit" and new.target_fpr == 0.01  # the calibration's own
+    # 209 log-normal scores put the 1 % threshold near the true quantile exp(2.326 * 0.2)
+    assert abs(np.log(new.threshold) - 2.326 * 0.2) < 0.1
+    assert old.with_more_good(more, target_fpr=0.05).threshold < new.threshold
+    with pytest.raises(ValueError, match="no good-image scores"):
+        old.with_more_good([])

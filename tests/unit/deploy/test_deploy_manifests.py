@@ -233,6 +233,21 @@ def test_fit_job_trains_the_line_from_the_data_volume(find: Find, rendered: list
     assert "LINE_ID" in (K8S_DIR / "jobs" / "fit-job.yaml").read_text()
 
 
+def test_fit_job_does_not_retrain_when_a_retry_cannot_help(find: Find) -> None:
+    """Exit 2 (bad settings or data) and 5 (the gate kept the active version) fail the Job at
+    once; a retry would train the same model again for the same verdict."""
+    from memkd_stream.errors import ExitCode
+
+    job = find("Job")
+    (rule,) = job["spec"]["podFailurePolicy"]["rules"]
+    assert rule["action"] == "FailJob" and rule["onExitCodes"]["operator"] == "In"
+    assert (
+        rule["onExitCodes"]["containerName"]
+        == job["spec"]["template"]["spec"]["containers"][0]["name"]
+    )
+    assert set(rule["onExitCodes"]["values"]) == {ExitCode.USAGE, ExitCode.NOT_ACTIVATED}
+
+
 # ---------------------------------------------------------------- the checks can fail
 
 

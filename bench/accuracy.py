@@ -346,10 +346,14 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     RESULTS.mkdir(parents=True, exist_ok=True)
     csv_path = RESULTS / f"{args.tag}.csv"
+    if args.more_good and not args.thresholds:
+        parser.error("--more-good is an analysis of --thresholds: give both")
     if args.thresholds and args.more_good:
         tags = args.tag.split(",")
         extra = [int(n) for n in args.more_good.split(",")]
         rows = more_good_rows([RESULTS / t for t in tags], extra, args.score)
+        if not rows:
+            parser.error(f"no per-fit scores (.npz) under {', '.join(tags)} in {RESULTS}")
         with open(RESULTS / "more_good_thresholds.csv", "w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
             writer.writeheader()
@@ -360,6 +364,8 @@ def main(argv: list[str] | None = None) -> int:
         rows = threshold_rows(
             RESULTS / args.tag, args.score, args.arms if "," not in args.arms else ""
         )
+        if not rows:
+            parser.error(f"no per-fit scores (.npz) under {RESULTS / args.tag}")
         with open(RESULTS / f"{args.tag}_thresholds.csv", "w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
             writer.writeheader()

@@ -131,14 +131,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--good",
         type=Path,
         metavar="DIR",
-        help="more good images of the line, never trained on (50 or more: nine held-out images "
-        "cannot pin a 1 %% rate): scored with the active version and added to the calibration's "
-        "evidence; the threshold is set again at --target-fpr, else the calibration's target",
+        help="a folder of good images of the line, never trained on (50 or more: a fit's few "
+        "held-out images rarely hold a target rate within 2x): scored with the active version "
+        "and added to the calibration's evidence, each image once however often given; the "
+        "threshold is set again at --target-fpr, else the calibration's target",
     )
     p.add_argument(
         "--rule",
         choices=TARGET_THRESHOLD_RULES,
-        help="with --target-fpr or --good: the rule to use (default: the calibration's)",
+        help="with --target-fpr or --good: the rule to use (default: the calibration's when it "
+        "sets a target rate, else lognormal_fit)",
     )
     p.add_argument("--out", type=Path, metavar="FILE", help="artifact path (default ./<line>-...)")
     _gate_options(p)

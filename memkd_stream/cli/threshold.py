@@ -7,16 +7,19 @@ full, and the new calibration), so even a WRN50 line moves a few KiB and nothing
 to make it. ``--target-fpr`` moves the threshold to another expected false-alarm rate with the
 calibration's rule and the held-out scores it stores (``Calibration.retarget``); a calibration
 that does not store them is refused with a clear message (``--value`` still works). ``--good``
-adds evidence: the folder's good images, scored with the active version, join the stored
-held-out scores and the rule sets the threshold again (``Calibration.with_more_good``): nine
-held-out scores cannot pin a 1 % rate, fifty more mostly can. The new version is then
-published and passes the activation gate like any version (``cli.gate``): without
-``--gate-data`` the images are the held-out ones the calibration stores (the two versions share
-weights, so they score them alike; the fit that made the weights held them out).
+adds evidence: the folder's good images, scored with the active version, join the stored scores
+and the rule sets the threshold again (``Calibration.with_more_good``); a fit holds out a
+handful, which rarely holds a target rate within 2x. The new version is then published and
+passes the activation gate like any version (``cli.gate``): without ``--gate-data`` both
+thresholds are judged on the good scores the calibration stores (held out by the fit, plus
+``--good``'s; the two versions share weights, so they score them alike). A move that raises the
+false-alarm rate by more than ``gate.margin`` is refused there like any worse version:
+``--force`` is the operator saying it is meant.
 """
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,7 +28,6 @@ from rich.console import Console
 
 from memkd_stream.cli.gate import GateImages, gate_images, print_gate, settle
 from memkd_stream.cli.inputs import (
-    check_readable,
     resolve_dataset,
     torch_device,
     torch_precision,
@@ -33,7 +35,14 @@ from memkd_stream.cli.inputs import (
 from memkd_stream.cli.main import Context, UsageError
 from memkd_stream.cli.stored_models import Teachers, stored_model
 
-__all__ = ["move_threshold"]
+__all__ = ["good_hashes", "move_threshold"]
+
+# Content hashes of the images --good added, kept in the version's provenance: 64 bits each is
+# plenty to tell a camera's images apart, and a few hundred stay a few KiB of metadata.
+_HASH_CHARS = 16
+# Below this many good-image scores the default rule's 1 % / 5 % thresholds often miss their
+# target by more than 2x (model/README.md, "Thresholds with more good images").
+_ENOUGH_GOOD = 50
 
 
 def move_threshold(ctx: Context) -> int:
@@ -58,8 +67,9 @@ def move_threshold(ctx: Context) -> int:
     if not record.get("calibration"):
         raise UsageError(f"{line}@{active} has no calibration to move")
     old = Calibration.from_dict(record["calibration"])
+    counted = good_hashes(record)
     if args.good is not None:
-        new = _with_more_good(ctx, active, old, record)
+        new, counted = _with_more_good(ctx, active, old, record)
     else:
         new = _moved(old, args, f"{line}@{active}")
     tensors: dict[str, Any] = {}
@@ -70,7 +80,8 @@ def move_threshold(ctx: Context) -> int:
     stamp = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
     path = args.out or Path(f"{line}-{stamp}-threshold.safetensors")
     change = {"from_version": active, "from": old.threshold, "to": new.threshold,
-              "rule": new.rule, "target_fpr": new.target_fpr, "by": ctx.who}  # fmt: skip
+              "rule": new.rule, "target_fpr": new.target_fpr, "by": ctx.who,
+              "good_sha256": counted}  # fmt: skip
     save_recalibrated(path, record, tensors, new, full, change)
     version = store.publish(line, path, activate=False, who=ctx.who)
 
@@ -103,32 +114,65 @@ def _moved(old: Any, args: Any, ref: str) -> Any:
     return old.retarget(args.target_fpr, args.rule)
 
 
-def _with_more_good(ctx: Context, active: int, old: Any, record: dict[str, Any]) -> Any:
-    """The calibration with ``--good``'s images scored by the active version as more evidence."""
-    from memkd.gate import score_images
+def _with_more_good(
+    ctx: Context, active: int, old: Any, record: dict[str, Any]
+) -> tuple[Any, list[str]]:
+    """The calibration with ``--good``'s images scored by the active version as more evidence,
+    and the content hashes of every image counted so far (an image given twice, in this call or
+    an earlier one, is counted once: a grown folder can be given again)."""
+    from memkd_stream.cli.scoring import score_paths
 
-    args, ref = ctx.args, f"{ctx.args.line}@{active}"
-    if record.get("tiling"):
-        raise UsageError(
-            f"{ref} is a tiled line: its threshold is on frame scores, which --good does not "
-            "compute yet; refit the line with the extra good images instead"
-        )
+    args = ctx.args
     folder = resolve_dataset(args.good)
     if folder.kind != "folder":
         raise UsageError(
             f"--good takes a plain folder of good images the line never trained on; {args.good} "
             "is an MVTec-layout category, whose train/good is what fits train on"
         )
-    good, unreadable = check_readable(folder.train)
-    for bad in unreadable:
-        ctx.out.warn(f"skipped {bad.path}: {bad.reason}")
-    if not good:
-        raise UsageError(f"no readable images in {args.good}")
+    counted = list(good_hashes(record))
+    seen = set(counted)
+    fresh: dict[Path, str] = {}
+    for path in folder.train:
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:_HASH_CHARS]
+        if digest not in seen:
+            seen.add(digest)
+            fresh[Path(path)] = digest
+    repeated = len(folder.train) - len(fresh)
+    if repeated:
+        ctx.out.warn(
+            f"{repeated} of the {len(folder.train)} images in {args.good} are already counted "
+            "(same content, here or in an earlier --good): each counts once"
+        )
+    if not fresh:
+        raise UsageError(f"every image in {args.good} is already in the calibration's evidence")
     device = torch_device(ctx.settings, None)
     precision = torch_precision(ctx.settings, None, device)
     model = stored_model(ctx.store(), args.line, active, Teachers(ctx.settings, device))
-    scores = score_images(model.model, model.teacher, good, precision)
-    return old.with_more_good(scores, args.target_fpr, args.rule)
+    scored = score_paths(model.model, model.teacher, list(fresh), precision=precision)
+    for bad in scored.skipped:
+        ctx.out.warn(f"skipped {bad.path}: {bad.reason}")
+    if not scored.paths:
+        raise UsageError(f"no image in {args.good} could be scored (see the warnings above)")
+    if not old.scores:
+        ctx.out.warn(
+            "the calibration stores no held-out scores (fitted before they were kept): the "
+            f"threshold comes from {args.good}'s images alone"
+        )
+    total = len(old.scores) + len(scored.paths)
+    if total < _ENOUGH_GOOD:
+        ctx.out.warn(
+            f"{total} good-image scores in all: below {_ENOUGH_GOOD} the threshold often misses "
+            "its target rate by more than 2x (model/README.md, 'Thresholds with more good images')"
+        )
+    new = old.with_more_good(scored.scores, args.target_fpr, args.rule)
+    return new, counted + [fresh[p] for p in scored.paths]
+
+
+def good_hashes(record: dict[str, Any]) -> list[str]:
+    """The images ``--good`` has added to this version's calibration so far (content hashes);
+    every threshold move carries them on."""
+    recalibrated = (record.get("provenance") or {}).get("recalibrated") or {}
+    return list(recalibrated.get("good_sha256") or [])
 
 
 def _compare(ctx: Context, active: int, old: Any, new: Any) -> tuple[GateImages, Any]:

@@ -12,6 +12,8 @@ Two kinds of failure, told apart by type, never by message text:
   letter (a result) or a smaller dead letter (a dead letter: the minimal one has only the error
   headers and always fits). One record can never stop the worker: this is what turned a keyless
   near-limit image into a crash loop of the whole group.
+- **batch-mate**: the broker refused a produce batch for another record in it (an invalid
+  record) and kafka-python fails the rest with a bare ``KafkaError``: sent again once, alone.
 - **undeliverable**: the broker does not answer within ``kafka.unreachable_timeout_s``. The run
   turns fatal (exit code 3) and the record stays unacked, so it is never committed and a
   restarted worker re-reads it.
@@ -161,9 +163,14 @@ class ResultSink:
         headers: Headers,
         on_ack: OnAck,
         on_refused: OnRefused,
+        resent: bool = False,
     ) -> None:
         """Produce one record for ``item``: ``on_ack(item, sent_perf)`` once the broker has it,
-        ``on_refused(exc)`` if this record is refused, fatal if the broker is unreachable."""
+        ``on_refused(exc)`` if this record is refused, fatal if the broker is unreachable.
+
+        A record failed only for sharing a produce batch with a refused one (the broker rejects
+        the whole batch and names the bad records; kafka-python fails the others with a bare
+        ``KafkaError``) is sent again once, on its own."""
         tracker = self.ctx.tracker
         if not is_current(tracker, item):
             return  # partition revoked and abandoned: the next owner produces it
@@ -184,9 +191,15 @@ class ResultSink:
             if tracker.ack(item.tp, offset, item.generation):
                 on_ack(item, sent)
 
+        def resend() -> None:
+            self._send(topic, item, offset, key=key, value=value, headers=headers,
+                       on_ack=on_ack, on_refused=on_refused, resent=True)  # fmt: skip
+
         def failed(exc: BaseException) -> None:  # producer IO thread
             if isinstance(exc, _REFUSED):
                 self._refusals.submit(on_refused, exc)
+            elif type(exc) is kafka_errors.KafkaError and not resent:  # a refused one's batch-mate
+                self._refusals.submit(resend)
             else:
                 self._undeliverable(item, offset, exc)
 

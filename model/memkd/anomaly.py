@@ -170,8 +170,9 @@ class Calibration:
     ) -> Calibration:
         """More evidence: scores of good images the model never trained on join the stored
         held-out scores, and the rule sets the threshold again (the calibration's target unless
-        one is given). Nine held-out scores cannot pin a 1 % rate; fifty more good images from
-        the running line mostly can (model/README.md, "Thresholds with more good images").
+        one is given). A fit holds out a handful of good images, which rarely holds a target
+        rate within 2x; fifty more from the running line do at 5 % on nearly every fit measured
+        (model/README.md, "Thresholds with more good images").
         What defects said was about the old threshold: ``with_defects`` again."""
         extra = np.asarray(good_scores, dtype=np.float64).ravel()
         if extra.size == 0:

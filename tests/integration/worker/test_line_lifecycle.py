@@ -251,3 +251,19 @@ def test_more_good_images_reset_the_threshold_without_retraining(
     new = Calibration.from_dict(meta["metadata"]["calibration"])
     assert new.scores[: len(old.scores)] == old.scores and new.threshold != old.threshold
     assert meta["parent"] == 1  # the same weights: a delta of version 1
+
+    # The folder grows and is given again: only the new images count.
+    grown = sorted((line_data / "train" / "good").glob("*.png"))[:3]
+    for f in grown:
+        (good / f"more-{f.name}").write_bytes(f.read_bytes())
+    status, report = _cli(worker_env, "lines", "threshold", "A", "--good", good, "--force")
+    assert status == 0, report
+    assert report["good_scores"]["to"] == len(old.scores) + len(files) + len(grown)
+    run_env = {k: v for k, v in os.environ.items() if not k.startswith("MEMKD_")}
+    again = subprocess.run(
+        [str(CLI), "lines", "threshold", "A", "--good", str(good)],
+        env=run_env | worker_env.env, cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert again.returncode == 2, again.stderr  # nothing new in it: nothing published
+    assert "are already counted" in again.stderr  # (broken.png is never counted: unreadable)
+    assert store.current("A") == 3

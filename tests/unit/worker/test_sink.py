@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from kafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
+from kafka.errors import KafkaError, KafkaTimeoutError, MessageSizeTooLargeError
 
 from memkd_stream.contract.codes import DeadLetterCode
 from memkd_stream.errors import ExitCode
@@ -95,5 +95,36 @@ def test_an_unreachable_broker_is_fatal_and_nothing_is_acked(worker: Worker) -> 
     item = tracked_item(worker, TP0, 0)
     worker.sink.result(item, key=b"A", value=b"{}", headers=[], on_ack=lambda *a: None)
     producer.settle(futures, KafkaTimeoutError("Batch expired"))
+    assert worker.state.exit_code == ExitCode.BROKER_UNREACHABLE
+    assert worker.tracker.pending() == 1  # never committed
+
+
+def test_a_record_failed_for_a_batch_mates_sake_is_sent_again_alone(worker: Worker) -> None:
+    """The broker refused the batch for another record (an invalid one) and kafka-python fails
+    the rest with a bare KafkaError: this record is sent once more, and a second failure of
+    the same kind is the broker's, fatal as usual."""
+    worker.state.producer = producer = Producer(limit=1000, refuse_later=True)
+    futures = _capture(producer)
+    acked: list[int] = []
+    item = tracked_item(worker, TP0, 0)
+    worker.sink.result(
+        item, key=b"A", value=b"{}", headers=[], on_ack=lambda it, _t: acked.append(it.offset)
+    )
+    batch_mate = KafkaError("part of a batch which had one more more invalid records")
+    producer.settle(futures[:1], batch_mate)
+    worker.sink.close()  # waits for the resend to be handed to the producer
+    assert _topics(producer) == [worker.ctx.kafka.results_topic] * 2  # the same result, again
+    producer.settle(futures[1:2])
+    assert acked == [0] and worker.state.fatal is None
+
+
+def test_a_resent_batch_mate_that_fails_again_is_undeliverable(worker: Worker) -> None:
+    worker.state.producer = producer = Producer(limit=1000, refuse_later=True)
+    futures = _capture(producer)
+    item = tracked_item(worker, TP0, 0)
+    worker.sink.result(item, key=b"A", value=b"{}", headers=[], on_ack=lambda *a: None)
+    producer.settle(futures[:1], KafkaError("batch-mate"))
+    worker.sink.close()
+    producer.settle(futures[1:2], KafkaError("batch-mate"))
     assert worker.state.exit_code == ExitCode.BROKER_UNREACHABLE
     assert worker.tracker.pending() == 1  # never committed

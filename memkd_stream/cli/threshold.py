@@ -55,8 +55,8 @@ def move_threshold(ctx: Context) -> int:
     args = ctx.args
     if args.value is None and args.target_fpr is None and args.good is None:
         raise UsageError("say how to move the threshold: --value X, --target-fpr F or --good DIR")
-    if args.value is not None and args.good is not None:
-        raise UsageError("--good sets the threshold from the images; it cannot go with --value")
+    if args.value is not None and (args.good is not None or args.rule is not None):
+        raise UsageError("--value sets the threshold itself; it cannot go with --good or --rule")
     store, line = ctx.store(), args.line
     active = store.current(line)
     if active is None:

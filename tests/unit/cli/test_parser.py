@@ -67,6 +67,7 @@ def test_every_command_has_help(command, capsys):
         ["lines", "show", "-bad"],
         ["lines", "threshold", "A"],  # neither --value, --target-fpr nor --good
         ["lines", "threshold", "A", "--value", "1", "--good", "d"],
+        ["lines", "threshold", "A", "--value", "1", "--rule", "normal"],
         ["lines", "threshold", "A", "--target-fpr", "0.01", "--rule", "mean_std"],
         ["lines", "threshold", "A", "--value", "0"],
         ["lines", "threshold", "A", "--target-fpr", "1"],

@@ -106,6 +106,9 @@ def make_consumer(
     return consumer
 
 
+_BATCH_BYTES = 1 << 20
+
+
 def make_producer(
     kafka: KafkaSettings, *, client_id: str | None = None, **overrides: Any
 ) -> KafkaProducer:
@@ -121,6 +124,11 @@ def make_producer(
         max_in_flight_requests_per_connection=1,
         compression_type=None if kafka.compression_type == "none" else kafka.compression_type,
         max_request_size=int(kafka.max_message_bytes),
+        # Results are ~17 kB, larger than kafka-python's 16 kB default batch, which put one result
+        # in each request: with one request in flight that capped a producer at a few hundred
+        # results/s. 1 MiB batches (never more than a record may be; within the broker's default
+        # message.max.bytes) carry tens of them per request (bench/result_producer.py).
+        batch_size=min(_BATCH_BYTES, int(kafka.max_message_bytes)),
         linger_ms=2,
         # kafka-python requires delivery_timeout_ms >= linger_ms + request_timeout_ms
         delivery_timeout_ms=max(delivery_ms, request_ms + 1000),

@@ -175,6 +175,8 @@ def test_a_device_that_fails_every_batch_stops_the_worker_with_exit_4(
     assert worker_env.committed()[0] in (None, 0)  # the records stay for a working device
 
 
+# The test kills the publisher thread on purpose; pytest would report its death as a warning.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 def test_a_dead_publisher_thread_fails_the_health_check(
     worker_env: WorkerEnv,
     artifact_v1: Path,

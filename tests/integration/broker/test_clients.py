@@ -3,13 +3,11 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
-from kafka import TopicPartition
 
-from memkd_stream.broker.clients import make_producer, make_reader
+from memkd_stream.broker.clients import make_producer
 from memkd_stream.settings import Settings
+from tests.support.round_trip import produce_and_read_back
 
 pytestmark = pytest.mark.integration
 
@@ -24,20 +22,7 @@ def test_results_compressed_with_each_codec_read_back_unchanged(
     producer = make_producer(kafka)
     try:
         assert producer.config["compression_type"] == (None if codec == "none" else codec)
-        meta = producer.send(topic, key=b"A", value=value, headers=[("h", b"v")]).get(60)
     finally:
         producer.close()
-    reader = make_reader(kafka, timeout_s=30)
-    try:
-        partition = TopicPartition(topic, meta.partition)
-        reader.assign([partition])
-        reader.seek(partition, meta.offset)
-        deadline = time.monotonic() + 30
-        records = []
-        while not records and time.monotonic() < deadline:
-            records = reader.poll(timeout_ms=500).get(partition, [])
-    finally:
-        reader.close()
-    assert records, f"nothing read back from {topic} ({codec})"
-    record = records[0]
+    record = produce_and_read_back(kafka, topic, b"A", value, [("h", b"v")])
     assert (record.key, record.value, list(record.headers)) == (b"A", value, [("h", b"v")])

@@ -15,11 +15,11 @@ import time
 from pathlib import Path
 
 import pytest
-from kafka import TopicPartition
 from kafka.errors import KafkaTimeoutError
 from pydantic import SecretStr, ValidationError
 
 from memkd_stream.broker.clients import make_producer, make_reader
+from tests.support.round_trip import produce_and_read_back
 from tests.support.sasl import SaslListener
 
 pytestmark = pytest.mark.integration
@@ -34,24 +34,7 @@ def test_produce_and_read_back_through_sasl_ssl(kafka_sasl: SaslListener, unique
     topic = unique_topic()
     settings = kafka_sasl.settings()
     value = os.urandom(2 * 1024 * 1024)  # larger than one TLS record and one socket read
-    producer = make_producer(settings)
-    try:
-        meta = producer.send(topic, key=b"cam-1", value=value, headers=[("h", b"v")]).get(60)
-    finally:
-        producer.close()
-    reader = make_reader(settings, timeout_s=30)
-    try:
-        partition = TopicPartition(topic, meta.partition)
-        reader.assign([partition])
-        reader.seek(partition, meta.offset)
-        deadline = time.monotonic() + 30
-        records = []
-        while not records and time.monotonic() < deadline:
-            records = reader.poll(timeout_ms=500).get(partition, [])
-    finally:
-        reader.close()
-    assert records, f"nothing read back from {topic} over SASL_SSL"
-    record = records[0]
+    record = produce_and_read_back(settings, topic, b"cam-1", value, [("h", b"v")])
     assert (record.key, record.value, list(record.headers)) == (b"cam-1", value, [("h", b"v")])
 
 

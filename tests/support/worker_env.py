@@ -178,6 +178,18 @@ class WorkerEnv:
         finally:
             consumer.close()
 
+    def committed_through_end(self, timeout_s: float = 30.0) -> dict[int, int | None]:
+        """The group's committed offsets once they reach the end of every partition, or as they
+        stand after ``timeout_s`` (a commit round can be put off by a rebalance under load)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            committed, ends = self.committed(), self.end_offsets()
+            if all((committed[p] or 0) == end for p, end in ends.items()):
+                return committed
+            if time.monotonic() > deadline:
+                return committed
+            time.sleep(0.5)
+
     def end_offsets(self) -> dict[int, int]:
         from kafka import KafkaConsumer, TopicPartition
 

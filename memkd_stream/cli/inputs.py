@@ -52,7 +52,7 @@ DEFAULT_THRESHOLD_RULE = "lognormal_fit"
 DEFAULT_TARGET_FPR = 0.01
 
 # Listed here (not imported from memkd) so that ``--help`` never imports torch.
-BACKBONES = ("tf_efficientnet_lite0", "wide_resnet50_2")
+BACKBONES = ("tf_efficientnet_lite0", "tf_efficientnet_lite2", "wide_resnet50_2")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # memkd.precision.Precision
 
 

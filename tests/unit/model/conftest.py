@@ -25,5 +25,14 @@ def wrn_random() -> Teacher:
 
 
 @pytest.fixture(scope="session")
-def teachers(lite0: Teacher, wrn_random: Teacher) -> dict[str, Teacher]:
-    return {"tf_efficientnet_lite0": lite0, "wide_resnet50_2": wrn_random}
+def lite2() -> Teacher:
+    return load_teacher("tf_efficientnet_lite2")
+
+
+@pytest.fixture(scope="session")
+def teachers(lite0: Teacher, lite2: Teacher, wrn_random: Teacher) -> dict[str, Teacher]:
+    return {
+        "tf_efficientnet_lite0": lite0,
+        "tf_efficientnet_lite2": lite2,
+        "wide_resnet50_2": wrn_random,
+    }

@@ -1,4 +1,4 @@
-"""Teachers: lite0 weights mapped correctly (the cat test), truncation, freezing, WRN50 loading."""
+"""Teachers: lite0/lite2 weights mapped right (the cat test), truncation, freezing, WRN50."""
 
 from __future__ import annotations
 
@@ -6,7 +6,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from memkd.backbones import BACKBONES, Teacher, lite0_classifier, lite0_state_dict, load_teacher
+from memkd.backbones import (
+    BACKBONES,
+    Teacher,
+    lite0_classifier,
+    lite0_state_dict,
+    lite_classifier,
+    lite_state_dict,
+    load_teacher,
+)
 from memkd.errors import TeacherWeightsMissing, UnknownBackbone
 from memkd.preprocess import preprocess
 from PIL import Image
@@ -15,11 +23,14 @@ from skimage import data
 CAT_CLASSES = set(range(281, 286))  # ImageNet tabby, tiger cat, Persian, Siamese, Egyptian cat
 
 
-def test_lite0_mapping_covers_every_tensor_and_classifies_the_cat() -> None:
-    sd = lite0_state_dict()
-    assert len(sd) == 296
-    model = lite0_classifier()  # strict=True inside: every timm key is filled, none left over
-    spec = BACKBONES["tf_efficientnet_lite0"]
+@pytest.mark.parametrize(
+    ("name", "tensors"), [("tf_efficientnet_lite0", 296), ("tf_efficientnet_lite2", 386)]
+)
+def test_lite_mapping_covers_every_tensor_and_classifies_the_cat(name: str, tensors: int) -> None:
+    sd = lite_state_dict(name)
+    assert len(sd) == tensors
+    model = lite_classifier(name)  # strict=True inside: every timm key is filled, none left over
+    spec = BACKBONES[name]
     x = preprocess(Image.fromarray(data.chelsea()), 224, spec.mean, spec.std)
     with torch.no_grad():
         probs = model(x[None]).softmax(-1)[0]
@@ -29,9 +40,18 @@ def test_lite0_mapping_covers_every_tensor_and_classifies_the_cat() -> None:
     assert float(probs[list(CAT_CLASSES)].sum()) > 0.8
 
 
+def test_lite0_helpers_are_the_generic_lite_loader() -> None:
+    assert lite0_state_dict().keys() == lite_state_dict("tf_efficientnet_lite0").keys()
+    assert type(lite0_classifier()) is type(lite_classifier("tf_efficientnet_lite0"))
+
+
 @pytest.mark.parametrize(
     ("name", "channels"),
-    [("tf_efficientnet_lite0", (24, 40, 112)), ("wide_resnet50_2", (256, 512, 1024))],
+    [
+        ("tf_efficientnet_lite0", (24, 40, 112)),
+        ("tf_efficientnet_lite2", (24, 48, 120)),
+        ("wide_resnet50_2", (256, 512, 1024)),
+    ],
 )
 def test_teacher_stages_have_strides_4_8_16(
     teachers: dict[str, Teacher], name: str, channels: tuple[int, int, int]

@@ -36,7 +36,7 @@ def test_width_multiplier_scales_trained_widths_not_the_compared_outputs() -> No
 
 CASES = [
     (backbone, memory, fusion)
-    for backbone in ("tf_efficientnet_lite0", "wide_resnet50_2")
+    for backbone in ("tf_efficientnet_lite0", "tf_efficientnet_lite2", "wide_resnet50_2")
     for memory, fusion in ((True, "concat"), (True, "add"), (False, "concat"))
 ]
 

@@ -108,11 +108,23 @@ def input_differences(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
     return [f"{name} {x!r} vs {y!r}" for name, (x, y) in checks.items() if x != y]
 
 
+# Model settings that change how a map becomes a score, not the network's tensors.
+_SCORING_SETTINGS = frozenset({"score_topk"})
+
+
+def _network(record: Mapping[str, Any]) -> Any:
+    model = record.get("model")
+    if not isinstance(model, Mapping):
+        return model
+    return {k: v for k, v in model.items() if k not in _SCORING_SETTINGS}
+
+
 def weight_differences(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
-    """What keeps one record's tensors from fitting the other's student: the network config,
+    """What keeps one record's tensors from fitting the other's student: the network config
+    (not its image score: a parent written before ``score_topk`` existed still takes a delta),
     its widths, and everything ``input_differences`` checks. Empty when they fit."""
     checks = {
-        "network": (a.get("model"), b.get("model")),
+        "network": (_network(a), _network(b)),
         "widths": (a.get("widths"), b.get("widths")),
     }
     found = [f"{name} {x!r} vs {y!r}" for name, (x, y) in checks.items() if x != y]

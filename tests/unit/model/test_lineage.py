@@ -66,3 +66,11 @@ def test_weight_differences_also_cover_the_network() -> None:
     other = {**BASE, "model": {**BASE["model"], "memory_items": 8}, "widths": {"dec1_out": 1}}
     assert [d.split()[0] for d in weight_differences(BASE, other)] == ["network", "widths"]
     assert weight_differences(BASE, {**BASE, "calibration": {"threshold": 2.0}}) == []
+
+
+def test_the_image_score_is_not_a_weight_difference() -> None:
+    """A delta records its whole model config; a parent written before ``score_topk`` existed
+    does not name it. The score is how a map becomes a number, not a tensor."""
+    scored = {**BASE, "model": {**BASE["model"], "score_topk": 0.01}}
+    assert weight_differences(scored, BASE) == []
+    assert input_differences(scored, BASE) == []

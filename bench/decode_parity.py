@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from memkd.anomaly import image_scores
 from memkd.backbones import load_teacher
 from memkd.config import ModelConfig, TrainConfig
 from memkd.datasets import SYNTH_CATEGORIES, read_mvtec_category, synth_dataset
@@ -46,7 +47,8 @@ FIELDS = [
     "category", "margin", "input_size", "steps", "n_images", "reduction", "image_auroc_full",
     "image_auroc_reduced", "auroc_diff", "verdict_agreement", "n_flagged_full",
     "map_correlation", "score_rel_diff_mean", "score_rel_diff_max", "flips_within_pct_of_threshold",
-    "decode_ms_full", "decode_ms_reduced", "torch",
+    "decode_ms_full", "decode_ms_reduced", "score_topk", "auroc_diff_max", "auroc_diff_top1",
+    "torch",
 ]  # fmt: skip
 
 
@@ -107,6 +109,15 @@ def _compare(model, full, red, labels, ms_full: float, ms_red: float) -> dict[st
     auroc_full = image_auroc(labels, full.scores.numpy())
     auroc_red = image_auroc(labels, red.scores.numpy())
     maps_full, maps_red = full.maps.flatten().double().numpy(), red.maps.flatten().double().numpy()
+    # Both image scores from the same maps, side by side, whichever the line uses.
+    by_score = {
+        name: round(
+            image_auroc(labels, image_scores(red.maps, k).numpy())
+            - image_auroc(labels, image_scores(full.maps, k).numpy()),
+            4,
+        )
+        for name, k in (("max", 0.0), ("top1", 0.01))
+    }
     return {
         "n_images": len(labels),
         "image_auroc_full": round(auroc_full, 4), "image_auroc_reduced": round(auroc_red, 4),
@@ -120,7 +131,8 @@ def _compare(model, full, red, labels, ms_full: float, ms_red: float) -> dict[st
             f"{100 * abs(float(full.scores[i]) / t - 1):.2f}" for i in flips
         ),
         "decode_ms_full": round(ms_full, 1), "decode_ms_reduced": round(ms_red, 1),
-        "torch": torch.__version__,
+        "score_topk": model.config.score_topk, "auroc_diff_max": by_score["max"],
+        "auroc_diff_top1": by_score["top1"], "torch": torch.__version__,
     }  # fmt: skip
 
 
@@ -149,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         writer.writerows(rows)
     cols = ["category", "margin", "reduction", "image_auroc_full", "auroc_diff",
             "verdict_agreement", "n_flagged_full", "map_correlation", "score_rel_diff_mean",
-            "decode_ms_full", "decode_ms_reduced"]  # fmt: skip
+            "decode_ms_full", "decode_ms_reduced", "auroc_diff_max", "auroc_diff_top1"]  # fmt: skip
     table = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     table += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
     (RESULTS / f"{args.tag}.md").write_text("\n".join(table) + "\n")

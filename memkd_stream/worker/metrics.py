@@ -37,8 +37,8 @@ STAGES = ("decode", "batch_wait", "forward", "encode", "produce")
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
-# Raw image scores (max of the blurred anomaly map) are small positive numbers whose scale
-# depends on the backbone; a geometric ladder covers both teachers.
+# Raw image scores (top 1 % mean or max of the blurred anomaly map) are small positive numbers
+# whose scale depends on the backbone; a geometric ladder covers the teachers.
 _SCORE_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
 
 

@@ -2,9 +2,10 @@
 
 Map: per scale 1 - cosine along channels between teacher and student, bilinear upsampling
 (align_corners=True) to the input size, sum over the three scales, then a Gaussian blur
-(sigma 4, kernel 33) done as two 1-D convolutions on the maps' device. Score: max of the blurred
-map. Post-processing (threshold, 8-bit mask) is separate and named: ``Calibration``,
-``render_mask``.
+(sigma 4, kernel 33) done as two 1-D convolutions on the maps' device. Score: the mean of the
+blurred map's highest ``topk`` fraction of pixels (the line's ``score_topk``, default 1 %), or
+with ``topk`` 0 its maximum. Post-processing (threshold, 8-bit mask) is separate and named:
+``Calibration``, ``render_mask``.
 """
 
 from __future__ import annotations

@@ -24,18 +24,21 @@ def tiny_artifact(
     n_train: int = 16,
     teacher: Any = None,
     precision: str = "auto",
+    score_topk: float | None = None,
 ) -> Path:
     """Train a lite0 line model on a synthetic category and save it; return the artifact path.
 
     The artifact (and its ``.sha256`` sidecar) is ``out_dir/tiny-<category>-...safetensors``;
     the generated images stay in ``out_dir/data-...``. ``teacher`` may pass an already loaded
     lite0 teacher to save its load time. ``precision`` is the fit's (``memkd.precision``; auto
-    is fp32 on a CPU without native bf16, bf16 on one with it).
+    is fp32 on a CPU without native bf16, bf16 on one with it). ``score_topk`` overrides the
+    image score (``ModelConfig``; None: the default).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tag = f"{category}-s{steps}-seed{seed}-px{input_size}-n{n_train}"
     tag += "" if precision == "auto" else f"-{precision}"
+    tag += "" if score_topk is None else f"-top{score_topk:g}"
     path = out_dir / f"tiny-{tag}.safetensors"
     if path.is_file() and path.with_name(path.name + ".sha256").is_file():
         return path
@@ -61,7 +64,9 @@ def tiny_artifact(
     teacher = teacher if teacher is not None else load_teacher("tf_efficientnet_lite0")
     result = fit(
         images,
-        ModelConfig(input_size=input_size),
+        ModelConfig(
+            input_size=input_size, **({} if score_topk is None else {"score_topk": score_topk})
+        ),
         TrainConfig(steps=steps, batch_size=8, seed=seed, device="cpu", precision=precision),
         teacher,
     )

@@ -41,3 +41,12 @@ def test_unknown_keys_are_refused() -> None:
         TrainConfig(threshold_rule="median")
     with pytest.raises(ConfigError, match="precision must be one of auto, fp32, bf16, fp16"):
         TrainConfig(precision="fp8")  # type: ignore[arg-type]
+
+
+def test_an_artifact_that_names_no_image_score_keeps_the_maximum() -> None:
+    """Records written before ``score_topk`` existed were calibrated on the map's maximum; a new
+    default must not move their scores away from their thresholds."""
+    legacy = {k: v for k, v in ModelConfig().to_dict().items() if k != "score_topk"}
+    assert ModelConfig.from_dict(legacy).score_topk == 0.0
+    assert ModelConfig().score_topk == 0.01
+    assert ModelConfig.from_dict(ModelConfig().to_dict()).score_topk == 0.01

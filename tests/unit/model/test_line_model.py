@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from memkd.anomaly import image_scores
 from memkd.artifact import ArtifactError
 from memkd.backbones import Teacher, load_teacher
 from memkd.config import ModelConfig, TrainConfig
@@ -38,7 +39,8 @@ def trained(lite0: Teacher) -> LineModel:
 def test_score_returns_maps_and_scores(trained: LineModel, lite0: Teacher) -> None:
     res = trained.score(lite0, torch.randn(3, 3, 64, 64))
     assert res.maps.shape == (3, 1, 64, 64) and res.scores.shape == (3,)
-    torch.testing.assert_close(res.scores, res.maps.amax(dim=(1, 2, 3)))
+    torch.testing.assert_close(res.scores, image_scores(res.maps, trained.config.score_topk))
+    assert trained.config.score_topk == 0.01  # the default: the mean of the top 1 % of pixels
     assert not res.maps.requires_grad
     assert not trained.student.training
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from memkd.anomaly import image_scores
 from memkd.backbones import Teacher
 from memkd.datasets import read_mvtec_category, synth_dataset
 from memkd.line_model import LineModel
@@ -168,11 +169,17 @@ def test_reduced_decode_scores_like_full_decode(
     """5 MP frames with an 800 px ROI, from a camera mounted sideways (EXIF 6), decoded at the
     default margin (1/4 for this 64 px model): the parity rule of MEMKD.md §6 holds, map
     correlation >= 0.99, >= 99 % identical verdicts at the line's threshold, image AUROC within
-    0.005 (measured: 120 of 120 with 3 flagged, AUROC -0.0006; at margin 1, 1/8: 120 of 120,
-    -0.0034). bench/decode_parity.py measures fitted lines with many more images near their
-    threshold (model/README.md, "Reduced decode")."""
+    0.005 (measured: 120 of 120, AUROC +0.0038).
+
+    The tiny line scores by the map's maximum, not the default top 1 % mean: on this crowded
+    30-step toy (AUROC 0.77; 3,200 good-defective pairs, one swapped pair = 0.0003) the top 1 %
+    threshold sits among 32 of 120 scores, and 2 of them, within 0.9 % of it, flip (98.3 %),
+    with AUROC +0.0084, although the top 1 % scores move less (mean relative change 0.28 % vs
+    0.30 %). On fitted lines the top 1 % keeps 100 % of verdicts and moves AUROC less than the
+    maximum in 4 of 4 categories: bench/decode_parity.py measures the rule at the default
+    (model/README.md, "Image score")."""
     out = tmp_path_factory.mktemp("reduced")
-    model = LineModel.load(tiny_artifact(out, teacher=lite0), lite0)
+    model = LineModel.load(tiny_artifact(out, teacher=lite0, score_topk=0.0), lite0)
     frames, labels, roi = _camera_frames(out / "unseen", orientation=6)
     size, mean, std = model.input_size, model.mean, model.std
     scaled = [load_for_model(frame, size, roi) for frame in frames]
@@ -185,6 +192,13 @@ def test_reduced_decode_scores_like_full_decode(
     assert np.corrcoef(maps_full, maps_reduced)[0, 1] >= 0.99
     auroc_full = image_auroc(labels, by_full.scores.numpy())
     assert abs(image_auroc(labels, by_reduced.scores.numpy()) - auroc_full) <= 0.005
+    top = [image_scores(r.maps, 0.01) for r in (by_full, by_reduced)]
+
+    def moved(pair: list[torch.Tensor]) -> float:
+        return ((pair[1] - pair[0]) / pair[0]).abs().mean().item()
+
+    # the default score is no less stable under the reduced decode than the maximum
+    assert moved(top) <= moved([by_full.scores, by_reduced.scores]) < 0.01
     flagged = by_full.scores >= model.threshold
     assert 0 < int(flagged.sum()) < len(labels)  # else identical verdicts would prove nothing
     agreement = (flagged == (by_reduced.scores >= model.threshold)).float().mean().item()

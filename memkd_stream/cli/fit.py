@@ -19,6 +19,7 @@ from rich.console import Console
 from memkd_stream.cli.gate import GateOutcome, gate_new_version, plan_images, print_gate
 from memkd_stream.cli.inputs import (
     BACKBONES,
+    DEFAULT_SCORE_TOPK,
     DEFAULT_TARGET_FPR,
     DEFAULT_THRESHOLD_RULE,
     PRECISIONS,
@@ -31,6 +32,7 @@ from memkd_stream.cli.inputs import (
     parse_positive,
     parse_rate,
     parse_roi,
+    parse_score_topk,
     parse_tile,
     resolve_dataset,
     torch_device,
@@ -108,6 +110,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=_POSITIVE,
         metavar="PX",
         help=f"default {DEFAULT_INPUT_SIZE} (tiled: the tile size)",
+    )
+    p.add_argument(
+        "--score-topk",
+        type=parse_score_topk,
+        default=DEFAULT_SCORE_TOPK,
+        metavar="F",
+        help="image score: the mean of this fraction of the anomaly map's highest pixels "
+        f"(default {DEFAULT_SCORE_TOPK:g} = the top {100 * DEFAULT_SCORE_TOPK:g} %%; 0 = the "
+        "map's maximum, for defects smaller than ~0.2 %% of the image)",
     )
     p.add_argument("--seed", type=int, default=0, help="default 0")
     p.add_argument("--device", help="cpu, cuda, cuda:N (default: settings model.device)")
@@ -229,7 +240,7 @@ def _fit(ctx: Context) -> int:
     out.note(f"loading teacher {backbone} on {device} ({precision} compute)")
     teacher = load_teacher_for(backbone, args.teacher_weights, settings, device)
     tiling, input_size = line_tiling(args.tile, args.input_size)
-    model_config = ModelConfig(backbone=backbone, input_size=input_size)
+    model_config = ModelConfig(backbone=backbone, input_size=input_size, score_topk=args.score_topk)
     train_config = train_config_from(args, device, precision, args.steps)
     out.note(
         f"training line {args.line} on {len(dataset.train)} good images from {dataset.root} "

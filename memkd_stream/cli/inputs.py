@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BACKBONES",
+    "DEFAULT_SCORE_TOPK",
     "DEFAULT_TARGET_FPR",
     "DEFAULT_THRESHOLD_RULE",
     "PRECISIONS",
@@ -38,6 +39,7 @@ __all__ = [
     "parse_positive",
     "parse_rate",
     "parse_roi",
+    "parse_score_topk",
     "parse_tile",
     "resolve_dataset",
     "torch_device",
@@ -50,6 +52,7 @@ THRESHOLD_RULES = ("lognormal", "lognormal_fit", "normal", "mean_std", "quantile
 TARGET_THRESHOLD_RULES = ("lognormal", "lognormal_fit", "normal")  # the rules a target rate sets
 DEFAULT_THRESHOLD_RULE = "lognormal_fit"
 DEFAULT_TARGET_FPR = 0.01
+DEFAULT_SCORE_TOPK = 0.01  # memkd.config.ModelConfig.score_topk
 
 # Listed here (not imported from memkd) so that ``--help`` never imports torch.
 BACKBONES = ("tf_efficientnet_lite0", "tf_efficientnet_lite2", "wide_resnet50_2")
@@ -104,6 +107,19 @@ def parse_rate(text: str) -> float:
         value = -1.0
     if not 0.0 < value < 1.0:
         raise argparse.ArgumentTypeError(f"{text!r} is not a rate between 0 and 1 (e.g. 0.01)")
+    return value
+
+
+def parse_score_topk(text: str) -> float:
+    """argparse type: the image score's fraction of top pixels, in [0, 1) (0 = the maximum)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a fraction in [0, 1) (0.01 = the top 1 %, 0 = the maximum)"
+        )
     return value
 
 

@@ -55,6 +55,8 @@ def test_every_command_has_help(command, capsys):
         ["fit", "--line", "A", "--data", "d", "--max-minutes", "-1"],
         ["fit", "--line", "A", "--data", "d", "--threshold-rule", "median"],
         ["fit", "--line", "A", "--data", "d", "--threshold-from", "both"],
+        ["fit", "--line", "A", "--data", "d", "--score-topk", "1"],
+        ["fit", "--line", "A", "--data", "d", "--score-topk", "-0.01"],
         ["eval", "--artifact", "x.safetensors", "--data", "d", "--precision", "fp64"],
         ["eval", "--line", "A", "--artifact", "x.safetensors", "--data", "d"],
         ["eval", "--data", "d"],
@@ -111,6 +113,24 @@ def test_fp16_on_a_cpu_is_a_usage_error_before_any_training(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("memkd-stream: error: precision fp16 needs a CUDA GPU")
     assert err.endswith("[precision-unsupported]")
+
+
+def test_fit_records_the_image_score_it_was_asked_for(tmp_path):
+    """``--score-topk 0`` fits a line scored by the map's maximum (tiny defects); the artifact
+    records it, so every scorer of the line uses it."""
+    from memkd.artifact import read_artifact
+    from PIL import Image
+
+    data = tmp_path / "good"
+    data.mkdir()
+    for i in range(8):
+        Image.new("RGB", (64, 64), (10 * i, 90, 60)).save(data / f"{i}.png")
+    out = tmp_path / "line.safetensors"
+    argv = ["fit", "--line", "A", "--data", str(data), "--no-publish", "--device", "cpu"]
+    argv += ["--steps", "1", "--batch-size", "4", "--input-size", "64", "--out", str(out)]
+    assert main([*argv, "--score-topk", "0"]) == 0
+    _, record = read_artifact(out)
+    assert record["model"]["score_topk"] == 0.0
 
 
 def test_bad_settings_are_one_line_naming_the_variable(monkeypatch, capsys):
@@ -198,6 +218,14 @@ def test_the_threshold_names_match_memkds() -> None:
         inputs.THRESHOLD_RULES, inputs.TARGET_THRESHOLD_RULES, inputs.DEFAULT_THRESHOLD_RULE,
         inputs.DEFAULT_TARGET_FPR,
     ) == (RULES, TARGET_RULES, DEFAULT_RULE, DEFAULT_TARGET_FPR)  # fmt: skip
+
+
+def test_the_default_image_score_matches_memkds() -> None:
+    from memkd.config import ModelConfig
+
+    from memkd_stream.cli import inputs
+
+    assert ModelConfig().score_topk == inputs.DEFAULT_SCORE_TOPK
 
 
 def test_the_backbone_names_match_memkds() -> None:

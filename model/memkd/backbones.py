@@ -19,7 +19,7 @@ need TF "same" padding, hence the ``tf_`` model.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,13 +73,16 @@ def _read_weights(path: Path, name: str, how_to_get: str) -> dict[str, torch.Ten
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def lite_state_dict(name: str, path: Path | None = None) -> dict[str, torch.Tensor]:
+def lite_state_dict(
+    name: str, path: Path | None = None, stage_depths: Sequence[int] | None = None
+) -> dict[str, torch.Tensor]:
     """An EfficientNet-Lite weight file with efficientnet_pytorch key names mapped to timm's.
 
     efficientnet_pytorch numbers blocks flatly (``_blocks.7``); timm nests them per stage
     (``blocks.3.1``), with as many blocks per stage as timm's model of that name has (lite2
-    repeats blocks more than lite0). The first stage's blocks have no expansion conv, so their
-    BN names shift by one compared with the others.
+    repeats blocks more than lite0; ``stage_depths`` when the caller has built it already).
+    The first stage's blocks have no expansion conv, so their BN names shift by one compared
+    with the others.
     """
     import timm
 
@@ -89,8 +92,8 @@ def lite_state_dict(name: str, path: Path | None = None) -> dict[str, torch.Tens
     if path is None:
         raise TeacherWeightsMissing(f"teacher weights for {name} missing; {how}")
     src = _read_weights(Path(path), name, how)
-    stages: Any = timm.create_model(name, pretrained=False).blocks
-    stage_depths = [len(stage) for stage in stages]
+    if stage_depths is None:
+        stage_depths = _stage_depths(timm.create_model(name, pretrained=False))
     flat_to_nested = [(s, i) for s, d in enumerate(stage_depths) for i in range(d)]
     top = {
         "_conv_stem": "conv_stem",
@@ -126,6 +129,10 @@ def lite_state_dict(name: str, path: Path | None = None) -> dict[str, torch.Tens
     return out
 
 
+def _stage_depths(model: Any) -> list[int]:
+    return [len(stage) for stage in model.blocks]
+
+
 def lite0_state_dict(path: Path | None = None) -> dict[str, torch.Tensor]:
     """The lite0 weight file in timm's key names (``lite_state_dict`` for lite0)."""
     return lite_state_dict("tf_efficientnet_lite0", path)
@@ -136,7 +143,7 @@ def lite_classifier(name: str, path: Path | None = None) -> nn.Module:
     import timm
 
     model = timm.create_model(name, pretrained=False)
-    model.load_state_dict(lite_state_dict(name, path), strict=True)
+    model.load_state_dict(lite_state_dict(name, path, _stage_depths(model)), strict=True)
     return model.eval()
 
 
@@ -189,7 +196,7 @@ def _lite_builder(name: str) -> Callable[[Path | None, bool], nn.Module]:
 
         full = timm.create_model(name, pretrained=False)
         if not random_weights:
-            full.load_state_dict(lite_state_dict(name, weights), strict=True)
+            full.load_state_dict(lite_state_dict(name, weights, _stage_depths(full)), strict=True)
         return _EfficientNetTrunk(full, taps=(1, 2, 4))
 
     return build

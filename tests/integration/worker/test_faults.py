@@ -6,6 +6,7 @@ bounds against hangs (the CPUs are shared), the figures themselves are bench/fau
 from __future__ import annotations
 
 import signal
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -58,8 +59,23 @@ def test_kill_9_with_records_in_flight_hands_over_within_seconds(
     peer = worker_env.spawn_worker(tmp_path / "w2.log", MEMKD_WORKER__WORKER_ID="w2", **slow)
     wait_ready(victim)
     wait_ready(peer)
-    payload = _payload(line_data, 240, "k9")  # enough work to still be busy when looked at
-    _produce_everywhere(worker_env, payload)
+    payload = _payload(line_data, 1200, "k9")
+    fed: list[tuple[str, bytes]] = []
+    stop_feeding = threading.Event()
+
+    def feed() -> None:
+        # Keep every partition supplied until the kill, so the victim always holds records it
+        # has not committed, however fast it scores (a fixed batch could be scored and
+        # committed before the test first looks).
+        for start in range(0, len(payload), 12):
+            if stop_feeding.is_set():
+                return
+            chunk = payload[start : start + 12]
+            _produce_everywhere(worker_env, chunk)
+            fed.extend(chunk)
+
+    feeder = threading.Thread(target=feed, name="k9-feeder", daemon=True)
+    feeder.start()
     # Kill only once the victim provably holds unfinished work: a partition it answers for
     # whose committed offset is below the end of the partition.
     deadline = time.monotonic() + 120
@@ -76,13 +92,17 @@ def test_kill_9_with_records_in_flight_hands_over_within_seconds(
         time.sleep(0.2)
     victim.send_signal(signal.SIGKILL)
     killed_ms = time.time() * 1000
+    stop_feeding.set()
+    feeder.join(timeout=30)
+    assert not feeder.is_alive()
+    want = {i for i, _ in fed}
     victim.wait(10)
     # What the victim left uncommitted, read once it is dead (the peer cannot have taken its
     # partitions over yet: that waits the session timeout).
     committed = worker_env.committed()
     behind = {p for p in behind if (committed[p] or 0) < ends[p]}
     assert behind, "the victim committed all its records before the kill landed"
-    results = worker_env.answered({i for i, _ in payload}, timeout_s=180)
+    results = worker_env.answered(want, timeout_s=180)
 
     def taken_over(results: list[dict]) -> list[float]:
         return [
@@ -102,7 +122,7 @@ def test_kill_9_with_records_in_flight_hands_over_within_seconds(
         results = worker_env.read(worker_env.results, count=0, timeout_s=1)
     peer.send_signal(signal.SIGTERM)
     assert peer.wait(timeout=30) == 0
-    assert {r["id"] for r in results} == {i for i, _ in payload}  # nothing lost
+    assert {r["id"] for r in results} == want  # nothing lost
     _check_duplicates_are_replays(results)
     assert taken_over(results), "the peer never re-processed what the victim left uncommitted"
     handover_s = (min(taken_over(results)) - killed_ms) / 1000

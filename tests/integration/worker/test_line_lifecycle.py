@@ -26,6 +26,14 @@ CLI = REPO / ".venv" / "bin" / "memkd-stream"
 # What a threshold change may take to reach a worker: its refresh interval (2 s in these tests)
 # when the event is missed, plus a load on a CPU shared with the rest of the suite.
 HOT_SWAP_S = 30.0
+# The CLI writes what it publishes (``lines threshold``'s delta file) into its working directory:
+# the tests run it in a temporary one, never in the checkout.
+_WORKDIR: dict[str, Path] = {}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _cli_workdir(tmp_path_factory: pytest.TempPathFactory) -> None:
+    _WORKDIR["cwd"] = tmp_path_factory.mktemp("cli-cwd")
 
 
 def _cli(env: WorkerEnv, *args: str | Path) -> tuple[int, dict[str, Any]]:
@@ -34,7 +42,7 @@ def _cli(env: WorkerEnv, *args: str | Path) -> tuple[int, dict[str, Any]]:
     done = subprocess.run(
         [str(CLI), "--json", *map(str, args)],
         env=run_env,
-        cwd=REPO,
+        cwd=_WORKDIR["cwd"],
         capture_output=True,
         text=True,
         timeout=300,
@@ -262,7 +270,8 @@ def test_more_good_images_reset_the_threshold_without_retraining(
     run_env = {k: v for k, v in os.environ.items() if not k.startswith("MEMKD_")}
     again = subprocess.run(
         [str(CLI), "lines", "threshold", "A", "--good", str(good)],
-        env=run_env | worker_env.env, cwd=REPO, capture_output=True, text=True, timeout=300,
+        env=run_env | worker_env.env, cwd=_WORKDIR["cwd"], capture_output=True, text=True,
+        timeout=300,
     )  # fmt: skip
     assert again.returncode == 2, again.stderr  # nothing new in it: nothing published
     assert "are already counted" in again.stderr  # (broken.png is never counted: unreadable)

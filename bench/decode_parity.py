@@ -81,8 +81,8 @@ def category_rows(
     if not (data / name).exists():
         synth_dataset(data, [name], seed=0, n_train=60)
     category = read_mvtec_category(data / name)
-    model = fit(category.train, ModelConfig(input_size=size), TrainConfig(steps=steps, seed=0),
-                teacher).model  # fmt: skip
+    mcfg = ModelConfig(backbone=teacher.name, input_size=size)
+    model = fit(category.train, mcfg, TrainConfig(steps=steps, seed=0), teacher).model
     unseen = data / "unseen-seed1"
     if not (unseen / name).exists():
         synth_dataset(unseen, [name], seed=1, n_train=1, n_test_good=40, n_test_bad=80)

@@ -96,7 +96,9 @@ def parity(args: argparse.Namespace, lite0: Teacher) -> list[dict[str, object]]:
     for name in args.categories.split(","):
         category = _category(args.data, name)
         tcfg = TrainConfig(steps=args.steps, seed=0, precision="fp32")
-        model = fit(category.train, ModelConfig(input_size=args.size), tcfg, lite0).model
+        model = fit(
+            category.train, ModelConfig(backbone=lite0.name, input_size=args.size), tcfg, lite0
+        ).model
         x = load_batch([item.path for item in category.test], args.size, model.mean, model.std)
         labels = [item.label for item in category.test]
         ref = _score_all(model, lite0, x, "fp32")
@@ -205,7 +207,7 @@ def fit_time(args: argparse.Namespace, lite0: Teacher) -> list[dict[str, object]
         wall, cpu = time.perf_counter(), time.process_time()
         fit(
             category.train,
-            ModelConfig(input_size=args.fit_size),
+            ModelConfig(backbone=LITE0, input_size=args.fit_size),
             TrainConfig(steps=args.fit_steps, seed=0, precision=precision),
             lite0,
             progress=lambda step, total, losses, ticks=ticks: ticks.append(time.perf_counter()),

@@ -52,6 +52,8 @@ from memkd.tiling import Tiling
 from memkd.train import fit
 from PIL import Image
 
+LITE0 = "tf_efficientnet_lite0"  # the teacher this benchmark's figures were measured with
+
 RESULTS = Path(__file__).resolve().parent / "results"
 KINDS = ("scratch", "crack", "hole", "stain", "color")  # those that need only the texture
 
@@ -119,7 +121,13 @@ def run_line(
         steps=args.steps, batch_size=16, seed=args.seed, device="cpu", precision="fp32"
     )
     started = time.perf_counter()
-    result = fit(category.train, ModelConfig(input_size=input_size), tcfg, teacher, tiling=tiling)
+    result = fit(
+        category.train,
+        ModelConfig(backbone=teacher.name, input_size=input_size),
+        tcfg,
+        teacher,
+        tiling=tiling,
+    )
     fit_s = time.perf_counter() - started
     report = evaluate(result.model, teacher, category, batch_size=16, precision="fp32")
     n = len(report.records)
@@ -158,7 +166,7 @@ def timing(folder: Path, args: argparse.Namespace, teacher: Any) -> list[dict[st
         ("untiled", args.whole_size, None),
         ("tiled", args.tile, tiling),
     ):
-        cfg = ModelConfig(input_size=size)
+        cfg = ModelConfig(backbone=LITE0, input_size=size)
         student = MemKDStudent(cfg, teacher.channels, teacher.spec.signed_features)
         model = LineModel(cfg, student, teacher.describe(), tiling=line_tiling).to("cpu")
         models[name] = model

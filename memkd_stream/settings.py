@@ -272,7 +272,7 @@ class ModelSettings(_Group):
     device is resolved, so fp16 on a CPU is refused when fit, eval or the worker start.
     """
 
-    backbone: str = "tf_efficientnet_lite0"
+    backbone: str = "tf_efficientnet_lite2"  # = memkd.config.ModelConfig's default (a test says so)
     wrn50_weights: Path | None = None  # torchvision wide_resnet50_2 V1 ImageNet weights file
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # = memkd.precision.Precision

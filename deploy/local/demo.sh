@@ -9,7 +9,8 @@
 #
 # Knobs (environment): DEMO_OUT (./demo-out), DEMO_CATEGORY (brick), DEMO_STEPS (200),
 # DEMO_INPUT_SIZE (128: a 4x cheaper step than 256, so a real schedule fits in a minute on a
-# CPU), DEMO_TIMEOUT_S (300), KEEP_TOPICS (0).
+# CPU), DEMO_BACKBONE (tf_efficientnet_lite0: fit's default is lite2, whose teacher costs ~1.4x
+# per step; lite0 keeps the demo inside its minute), DEMO_TIMEOUT_S (300), KEEP_TOPICS (0).
 set -euo pipefail
 
 cd "$(dirname "$0")/../.."
@@ -21,6 +22,7 @@ OUT=${DEMO_OUT:-demo-out}
 CATEGORY=${DEMO_CATEGORY:-brick}
 STEPS=${DEMO_STEPS:-200}
 INPUT_SIZE=${DEMO_INPUT_SIZE:-128}
+BACKBONE=${DEMO_BACKBONE:-tf_efficientnet_lite0}
 TIMEOUT_S=${DEMO_TIMEOUT_S:-300}
 KEEP_TOPICS=${KEEP_TOPICS:-0}
 RUN="demo-$(date -u +%Y%m%d-%H%M%S)"
@@ -34,6 +36,7 @@ export MEMKD_KAFKA__RESULTS_TOPIC="memkd.$RUN.results"
 export MEMKD_KAFKA__DLQ_TOPIC="memkd.$RUN.inspect.dlq"
 export MEMKD_KAFKA__GROUP_ID="memkd-$RUN"
 export MEMKD_MODEL__DEVICE=${MEMKD_MODEL__DEVICE:-auto}
+export MEMKD_MODEL__BACKBONE=$BACKBONE  # the worker readies this teacher: line A's
 export MEMKD_WORKER__PRELOAD_LINES=A
 export MEMKD_WORKER__WORKER_ID="$RUN"
 export MEMKD_LOG__FORMAT=${MEMKD_LOG__FORMAT:-console}
@@ -100,8 +103,8 @@ step "2/6 synthetic data: category '$CATEGORY' -> $OUT/data"
   --n-test-bad 12 --size 256 --overwrite
 DATA="$OUT/data/$CATEGORY"
 
-step "3/6 fit line A (lite0, $STEPS steps, ${INPUT_SIZE}px) and publish it to Redis"
-"$CLI" fit --line A --data "$DATA" --backbone tf_efficientnet_lite0 --steps "$STEPS" \
+step "3/6 fit line A (${BACKBONE#tf_efficientnet_}, $STEPS steps, ${INPUT_SIZE}px) and publish it to Redis"
+"$CLI" fit --line A --data "$DATA" --backbone "$BACKBONE" --steps "$STEPS" \
   --input-size "$INPUT_SIZE" --batch-size 8 --out "$OUT/A.safetensors" --force  # show this model
 
 step "4/6 start one worker"

@@ -85,7 +85,7 @@ def test_lines_show_list_and_history_describe_the_line(cli, fitted):
 
     listed = _json(cli.run("lines", "list", "--json"))
     assert [r["line"] for r in listed["lines"]] == [LINE]
-    assert listed["lines"][0]["backbone"] == "tf_efficientnet_lite0"
+    assert listed["lines"][0]["backbone"] == "tf_efficientnet_lite2"  # fit's default teacher
     history = _json(cli.run("lines", "history", LINE, "--json"))["history"]
     assert [(h["version"], h["action"]) for h in history] == [(1, "publish")]
 

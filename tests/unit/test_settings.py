@@ -53,7 +53,7 @@ def test_defaults_are_the_local_services_and_the_documented_values() -> None:
     assert s.kafka.max_message_bytes == 16 * 1024 * 1024
     assert s.redis.url == "redis://127.0.0.1:36379/0"
     assert s.redis.chunk_bytes == 8 * 1024 * 1024
-    assert s.model.backbone == "tf_efficientnet_lite0"
+    assert s.model.backbone == "tf_efficientnet_lite2"
     assert s.worker.max_batch == 16 and s.worker.preload_lines == []
     assert s.worker.worker_id  # the hostname
     assert (s.metrics.port, s.log.level, s.log.format) == (9400, "INFO", "auto")
@@ -317,3 +317,10 @@ def test_redis_retries_fit_the_unreachable_budget() -> None:
     assert RedisSettings(socket_timeout_s=5, unreachable_timeout_s=30).retry()._retries == 4
     assert RedisSettings(socket_timeout_s=1, unreachable_timeout_s=3).retry()._retries == 1
     assert RedisSettings(socket_timeout_s=5, unreachable_timeout_s=1).retry()._retries == 0
+
+
+def test_the_default_teacher_is_memkds() -> None:
+    """``model.backbone`` (what ``fit`` and the worker use) is the library's default teacher."""
+    from memkd.config import ModelConfig
+
+    assert load_settings().model.backbone == ModelConfig().backbone

@@ -19,6 +19,8 @@ import pytest
 
 from tests.support.worker_env import KAFKA, REDIS_URL, REPO, WorkerEnv
 
+LITE0 = "tf_efficientnet_lite0"  # the tests' teacher: the fastest to load and run
+
 
 def _reachable(hostport: str) -> bool:
     host, port = hostport.rsplit(":", 1)
@@ -100,7 +102,11 @@ def _train_fresh(line_data: Path, out: Path, seed: int) -> Path:
 
     torch.manual_seed(seed)
     images = sorted((line_data / "train" / "good").glob("*.png"))
-    result = fit(images, ModelConfig(input_size=64), TrainConfig(steps=8, batch_size=8, seed=seed))
+    result = fit(
+        images,
+        ModelConfig(backbone=LITE0, input_size=64),
+        TrainConfig(steps=8, batch_size=8, seed=seed),
+    )
     path = out / f"line-{seed}.safetensors"
     result.model.save(path)
     return path

@@ -28,6 +28,7 @@ def _fit_tiled(worker_env: WorkerEnv, line_data: Path, out: Path) -> Path:
     args = [
         str(cli), "fit", "--line", "T", "--data", str(line_data), "--tile", "64,16",
         "--roi", ",".join(map(str, ROI)), "--steps", "4", "--batch-size", "8",
+        "--backbone", "tf_efficientnet_lite0",
         "--out", str(artifact), "--json",
     ]  # fmt: skip
     env = {**worker_env.env, "MEMKD_LOG__LEVEL": "WARNING", "PATH": str(cli.parent)}

@@ -50,3 +50,12 @@ def test_an_artifact_that_names_no_image_score_keeps_the_maximum() -> None:
     assert ModelConfig.from_dict(legacy).score_topk == 0.0
     assert ModelConfig().score_topk == 0.01
     assert ModelConfig.from_dict(ModelConfig().to_dict()).score_topk == 0.01
+
+
+def test_the_default_teacher_is_lite2_and_an_artifact_naming_none_is_lite0s() -> None:
+    """Lite2 became the default (model/README.md, "Arm 5"); a record without a backbone predates
+    it and can only have been fitted with lite0."""
+    assert ModelConfig().backbone == "tf_efficientnet_lite2"
+    legacy = {k: v for k, v in ModelConfig().to_dict().items() if k != "backbone"}
+    assert ModelConfig.from_dict(legacy).backbone == "tf_efficientnet_lite0"
+    assert ModelConfig.from_dict(ModelConfig().to_dict()).backbone == "tf_efficientnet_lite2"

@@ -22,7 +22,9 @@ from memkd.line_model import LineModel
 from memkd.lineage import ParentRef
 from memkd.network import MemKDStudent
 
-CFG = ModelConfig(input_size=64, memory_items=8)
+LITE0 = "tf_efficientnet_lite0"  # the tests' teacher: the fastest to load and run
+
+CFG = ModelConfig(backbone=LITE0, input_size=64, memory_items=8)
 
 
 def _model(teacher: Teacher, seed: int = 0, threshold: float = 0.5) -> LineModel:

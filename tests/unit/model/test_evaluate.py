@@ -18,6 +18,8 @@ from memkd.evaluate import evaluate, format_report_table
 from memkd.train import fit
 from PIL import Image
 
+LITE0 = "tf_efficientnet_lite0"  # the tests' teacher: the fastest to load and run
+
 
 class BrightnessModel:
     """A stand-in line model whose map is the image brightness: perfect on bright defects."""
@@ -131,7 +133,7 @@ def test_evaluate_a_real_line_model(tmp_path: Path, lite0: Teacher) -> None:
     category = read_mvtec_category(root)
     model = fit(
         category.train,
-        ModelConfig(input_size=64),
+        ModelConfig(backbone=LITE0, input_size=64),
         TrainConfig(steps=2, batch_size=4, exemplars=2),
         teacher=lite0,
     ).model

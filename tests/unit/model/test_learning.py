@@ -29,7 +29,7 @@ def test_lite0_memkd_learns_a_texture(lite0: Teacher, tmp_path: Path) -> None:
     synth_dataset(tmp_path, ["grass"], seed=0, n_train=32, n_test_good=10, n_test_bad=20, size=128)
     category = read_mvtec_category(tmp_path / "grass")
     tcfg = TrainConfig(steps=50, seed=0, precision="fp32")
-    result = fit(category.train, ModelConfig(input_size=128), tcfg, lite0)
+    result = fit(category.train, ModelConfig(backbone=lite0.name, input_size=128), tcfg, lite0)
     report = evaluate(result.model, lite0, category, precision="fp32")
     metrics = report.metrics
     assert metrics["image_auroc"] >= IMAGE_AUROC_FLOOR, metrics

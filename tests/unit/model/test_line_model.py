@@ -19,6 +19,8 @@ from memkd.train import fit
 from PIL import Image
 from skimage import data
 
+LITE0 = "tf_efficientnet_lite0"  # the tests' teacher: the fastest to load and run
+
 
 def _crops(n: int, seed: int = 0) -> list[Image.Image]:
     rng = np.random.default_rng(seed)
@@ -32,7 +34,7 @@ def _crops(n: int, seed: int = 0) -> list[Image.Image]:
 
 @pytest.fixture(scope="module")
 def trained(lite0: Teacher) -> LineModel:
-    cfg = ModelConfig(input_size=64, memory_items=10)
+    cfg = ModelConfig(backbone=LITE0, input_size=64, memory_items=10)
     return fit(_crops(12), cfg, TrainConfig(steps=3, batch_size=4, exemplars=4), lite0).model
 
 
@@ -114,7 +116,7 @@ def test_other_teacher_is_refused(trained: LineModel, wrn_random: Teacher, tmp_p
 
 
 def test_roi_is_kept(lite0: Teacher, tmp_path: Path) -> None:
-    cfg = ModelConfig(input_size=64, memory=False)
+    cfg = ModelConfig(backbone=LITE0, input_size=64, memory=False)
     model = fit(_crops(6), cfg, TrainConfig(steps=1, batch_size=2), lite0, roi=(8, 8, 64, 64)).model
     model.save(tmp_path / "roi.safetensors")
     assert LineModel.load(tmp_path / "roi.safetensors", lite0).roi == (8, 8, 64, 64)
@@ -142,7 +144,7 @@ def test_fp16_scoring_on_a_cpu_is_refused(trained: LineModel, lite0: Teacher) ->
 
 def test_teacher_features_once_serve_two_students(lite0: Teacher) -> None:
     """Shadow scoring's premise: the features one model takes serve another with the same input."""
-    cfg = ModelConfig(input_size=64, memory_items=8)
+    cfg = ModelConfig(backbone=LITE0, input_size=64, memory_items=8)
     torch.manual_seed(0)
     first = LineModel(cfg, MemKDStudent(cfg, lite0.channels, True), lite0.describe())
     second = LineModel(cfg, MemKDStudent(cfg, lite0.channels, True), lite0.describe())

@@ -9,6 +9,8 @@ from memkd.config import ModelConfig
 from memkd.losses import kd_loss, nm_loss, orth_loss
 from memkd.network import MemKDStudent, student_widths
 
+LITE0 = "tf_efficientnet_lite0"  # the tests' teacher: the fastest to load and run
+
 
 def test_sizing_rule_reproduces_reverse_distillation_wrn50() -> None:
     w = student_widths((256, 512, 1024), 1.0)
@@ -64,20 +66,22 @@ def test_student_mirrors_teacher_shapes(
 
 
 def test_signed_teacher_gets_linear_decoder_outputs(lite0: Teacher) -> None:
-    student = MemKDStudent(ModelConfig(), lite0.channels, signed_features=True).eval()
+    student = MemKDStudent(
+        ModelConfig(backbone=lite0.name), lite0.channels, signed_features=True
+    ).eval()
     with torch.no_grad():
         s_feats = student(lite0(torch.randn(1, 3, 64, 64)))
     assert all(bool((s < 0).any()) for s in s_feats)
 
 
 def test_memory_parameters_are_in_the_state_dict() -> None:
-    student = MemKDStudent(ModelConfig(memory_items=7), (24, 40, 112), True)
+    student = MemKDStudent(ModelConfig(backbone=LITE0, memory_items=7), (24, 40, 112), True)
     sd = student.state_dict()
     assert sd["memories.0.keys"].shape == (7, 112) and sd["memories.0.values"].shape == (7, 112)
     assert sd["memories.1.keys"].shape == (7, 40) and sd["memories.1.values"].shape == (7, 40)
     names = {n for n, _ in student.named_parameters()}
     assert {"memories.0.keys", "memories.0.values", "memories.1.keys", "memories.1.values"} <= names
-    off = MemKDStudent(ModelConfig(memory=False), (24, 40, 112), True).state_dict()
+    off = MemKDStudent(ModelConfig(backbone=LITE0, memory=False), (24, 40, 112), True).state_dict()
     assert not any(k.startswith("memories") for k in off)
 
 
@@ -93,7 +97,7 @@ def _mem_grads(student: MemKDStudent, loss: torch.Tensor) -> dict[str, float]:
 
 def test_each_loss_reaches_the_memory_parameters_it_should(lite0: Teacher) -> None:
     torch.manual_seed(0)
-    student = MemKDStudent(ModelConfig(), lite0.channels, True).train()
+    student = MemKDStudent(ModelConfig(backbone=lite0.name), lite0.channels, True).train()
     t_feats = lite0(torch.randn(4, 3, 64, 64))
     kd = _mem_grads(student, kd_loss(t_feats, student(t_feats)))
     assert all(g > 0 for g in kd.values()), kd  # keys via recall weights, values via recall
@@ -106,7 +110,7 @@ def test_each_loss_reaches_the_memory_parameters_it_should(lite0: Teacher) -> No
 
 def test_a_training_step_changes_keys_and_values(lite0: Teacher) -> None:
     torch.manual_seed(0)
-    student = MemKDStudent(ModelConfig(), lite0.channels, True).train()
+    student = MemKDStudent(ModelConfig(backbone=lite0.name), lite0.channels, True).train()
     before = {k: v.clone() for k, v in student.state_dict().items() if k.startswith("memories")}
     opt = torch.optim.Adam(student.parameters(), lr=0.005, betas=(0.5, 0.999))
     t_feats = lite0(torch.randn(4, 3, 64, 64))

@@ -13,7 +13,9 @@ from memkd.train import fit
 from PIL import Image
 from skimage import data
 
-CFG = ModelConfig(input_size=64, memory_items=8)
+LITE0 = "tf_efficientnet_lite0"  # the tests' teacher: the fastest to load and run
+
+CFG = ModelConfig(backbone=LITE0, input_size=64, memory_items=8)
 TCFG = TrainConfig(steps=3, batch_size=4, exemplars=3, holdout_fraction=0.25, precision="fp32")
 
 
@@ -67,7 +69,7 @@ def test_data_init_reseeds_the_memories_from_the_new_images(parent, lite0: Teach
 def test_a_line_without_memory_or_another_teacher_is_refused(
     parent, lite0: Teacher, wrn_random: Teacher
 ) -> None:
-    plain_rd = ModelConfig(input_size=64, memory=False)
+    plain_rd = ModelConfig(backbone=LITE0, input_size=64, memory=False)
     rd = fit(_crops(data.brick(), 6, 0), plain_rd, TrainConfig(steps=1, batch_size=4), lite0)
     with pytest.raises(ValueError, match="no memory"):
         refit_memory(rd.model, _crops(data.brick(), 6, 1), lite0, TCFG)

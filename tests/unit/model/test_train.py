@@ -12,6 +12,8 @@ from memkd.train import fit, holdout_split
 from PIL import Image
 from skimage import data
 
+LITE0 = "tf_efficientnet_lite0"  # the tests' teacher: the fastest to load and run
+
 
 def _crops(n: int, seed: int = 0) -> list[Image.Image]:
     rng = np.random.default_rng(seed)
@@ -23,7 +25,7 @@ def _crops(n: int, seed: int = 0) -> list[Image.Image]:
     return out
 
 
-CFG = ModelConfig(input_size=64, memory_items=8)
+CFG = ModelConfig(backbone=LITE0, input_size=64, memory_items=8)
 
 
 def test_fit_reports_progress_and_calibrates_on_held_out_images(lite0: Teacher) -> None:
@@ -51,7 +53,7 @@ def test_same_seed_same_model_other_seed_other_model(lite0: Teacher) -> None:
 
 def test_the_fit_precision_is_recorded_with_the_calibration(lite0: Teacher) -> None:
     tcfg = TrainConfig(steps=1, batch_size=4, exemplars=2, precision="bf16")  # emulated on CPU
-    res = fit(_crops(6), ModelConfig(input_size=64, memory_items=4), tcfg, lite0)
+    res = fit(_crops(6), ModelConfig(backbone=LITE0, input_size=64, memory_items=4), tcfg, lite0)
     assert res.report["precision"] == res.model.provenance["precision"] == "bf16"
     assert res.model.calibration is not None and np.isfinite(res.report["holdout_scores"]).all()
     assert {type(v) for v in res.report["final_losses"].values()} == {float}
@@ -64,9 +66,9 @@ def test_fp16_on_a_cpu_fails_before_any_work(lite0: Teacher) -> None:
 
 def test_loss_goes_down(lite0: Teacher) -> None:
     tcfg = TrainConfig(steps=30, batch_size=8, exemplars=4, log_every=1)
-    hist = fit(_crops(16), ModelConfig(input_size=64, memory=False), tcfg, lite0).report[
-        "loss_history"
-    ]
+    hist = fit(
+        _crops(16), ModelConfig(backbone=LITE0, input_size=64, memory=False), tcfg, lite0
+    ).report["loss_history"]
     first = np.mean([h["kd"] for h in hist[:3]])
     last = np.mean([h["kd"] for h in hist[-3:]])
     assert last < 0.7 * first, (first, last)

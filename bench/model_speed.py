@@ -10,7 +10,7 @@ time, which other processes barely disturb (the README's figures say which clock
 WRN50 uses random weights when no weight file is given: speed does not depend on the values.
 
     .venv/bin/python bench/model_speed.py            # full grid
-    .venv/bin/python bench/model_speed.py --quick    # lite0+WRN50, batch 1 and 8, eager, CPU clock
+    .venv/bin/python bench/model_speed.py --quick    # 3 teachers, batch 1 and 8, eager, CPU clock
 """
 
 from __future__ import annotations
@@ -123,7 +123,9 @@ def bench_point(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small grid for make bench")
-    parser.add_argument("--backbones", default="tf_efficientnet_lite0,wide_resnet50_2")
+    parser.add_argument(
+        "--backbones", default="tf_efficientnet_lite2,tf_efficientnet_lite0,wide_resnet50_2"
+    )
     parser.add_argument("--batches", default="1,8,32")
     parser.add_argument("--modes", default="eager,channels_last,compile")
     parser.add_argument("--size", type=int, default=256)

@@ -1,9 +1,10 @@
 """End-to-end worker throughput vs model-only and decode-only, at 256 px and camera size.
 
-Figures, not a test. For each backbone (lite0: a line fitted briefly; WRN50: random teacher
-weights and an untrained student, as bench/model_speed.py times it: speed does not depend on the
-values) and each input kind (``256``: the generated category as 256 px PNGs; ``5mp``: the same
-images upscaled to 2448x2048 and saved as JPEG, quality 90, like a line camera's frames):
+Figures, not a test. For each backbone (lite2, the default, and lite0: a line fitted briefly;
+WRN50: random teacher weights and an untrained student, as bench/model_speed.py times it: speed
+does not depend on the values) and each input kind (``256``: the generated category as 256 px
+PNGs; ``5mp``: the same images upscaled to 2448x2048 and saved as JPEG, quality 90, like a line
+camera's frames):
 
 1. **model-only**: the images preprocessed in advance, ``LineModel.score`` on batches of
    ``worker.max_batch`` in a fresh thread, like the worker's inference thread.
@@ -29,7 +30,7 @@ and writes bench/results/<tag>.csv (``--tag``, default ``stream``).
 ``OMP_WAIT_POLICY`` is read once, when torch loads, so it cannot be a variant: compare it with
 one process per policy, alternated (README.md, "Speed", has the loop).
 
-    .venv/bin/python bench/stream.py [--quick] [--backbones lite0,wrn50] [--inputs 256,5mp]
+    .venv/bin/python bench/stream.py [--quick] [--backbones lite2,lite0,wrn50] [--inputs 256,5mp]
         [--images N] [--variant NAME:ENV=VALUE,...] [--reps R] [--paced N] [--tag T]
 """
 
@@ -57,7 +58,12 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
 STAGES = ("decode", "batch_wait", "forward", "encode", "produce")
 CPU_GROUPS = ("inference", "decode", "publisher", "consumer", "kafka", "bench", "other")
-BACKBONES = {"lite0": "tf_efficientnet_lite0", "wrn50": "wide_resnet50_2"}
+BACKBONES = {
+    "lite2": "tf_efficientnet_lite2",
+    "lite0": "tf_efficientnet_lite0",
+    "wrn50": "wide_resnet50_2",
+}
+LITES = ("lite2", "lite0")  # lines fitted briefly on their packaged weights
 CAMERA = (2448, 2048)
 FIELDS = [
     "backbone", "input", "variant", "rep", "mode", "images", "images_per_s", "ratio", "ceiling",
@@ -140,17 +146,17 @@ def _camera_jpeg(path: Path) -> bytes:
     return buf.getvalue()
 
 
-def _lite0_line(workdir: Path, pngs: list[Path], size: int, device: str) -> Path:
+def _lite_line(name: str, workdir: Path, pngs: list[Path], size: int, device: str) -> Path:
     from memkd.config import ModelConfig, TrainConfig
     from memkd.train import fit
 
     train = [p for p in pngs if "train" in p.parts]
     result = fit(
         train,
-        ModelConfig(backbone=BACKBONES["lite0"], input_size=size),
+        ModelConfig(backbone=BACKBONES[name], input_size=size),
         TrainConfig(steps=2, batch_size=4, device=device),
     )
-    artifact = workdir / "lite0-line.safetensors"
+    artifact = workdir / f"{name}-line.safetensors"
     result.model.save(artifact)
     return artifact
 
@@ -447,8 +453,8 @@ def _variants(specs: list[str]) -> dict[str, dict[str, str]]:
 
 
 def _line(backbone: str, workdir: Path, pngs: list[Path], size: int, device: str) -> Path:
-    if backbone == "lite0":
-        return _lite0_line(workdir, pngs, size, device)
+    if backbone in LITES:
+        return _lite_line(backbone, workdir, pngs, size, device)
     artifact, weights = _wrn50_line(workdir, pngs, size)
     os.environ["MEMKD_MODEL__WRN50_WEIGHTS"] = str(weights)
     return artifact
@@ -491,10 +497,10 @@ def run_point(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="lite0 only, fewer images")
-    parser.add_argument("--backbones", default="lite0,wrn50")
+    parser.add_argument("--quick", action="store_true", help="lite2 only, fewer images")
+    parser.add_argument("--backbones", default="lite2,lite0,wrn50")
     parser.add_argument("--inputs", default="256,5mp")
-    parser.add_argument("--images", type=int, default=None, help="lite0 backlog (WRN50: a third)")
+    parser.add_argument("--images", type=int, default=None, help="lite backlog (WRN50: a third)")
     parser.add_argument("--batch", type=int, default=16, help="worker.max_batch")
     parser.add_argument("--decode-threads", type=int, default=2, help="of decode-only")
     parser.add_argument("--size", type=int, default=256)
@@ -505,7 +511,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tag", default="stream", help="results file name")
     args = parser.parse_args(argv)
     if args.quick:
-        args.backbones = "lite0"
+        args.backbones = "lite2"
     n = args.images or (64 if args.quick else 160)
     args.paced = (24 if args.quick else 48) if args.paced is None else args.paced
 
@@ -524,7 +530,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         for backbone in args.backbones.split(","):
             artifact = _line(backbone, workdir, pngs, args.size, args.device)
-            count = n if backbone == "lite0" else max(2 * args.batch, n // 3)
+            count = n if backbone in LITES else max(2 * args.batch, n // 3)
             for kind in args.inputs.split(","):
                 values = [inputs[kind][i % len(inputs[kind])] for i in range(count)]
                 rows += run_point(args, backbone, kind, artifact, values)

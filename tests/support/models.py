@@ -27,20 +27,23 @@ def tiny_artifact(
     teacher: Any = None,
     precision: str = "auto",
     score_topk: float | None = None,
+    backbone: str = LITE0,
 ) -> Path:
-    """Train a lite0 line model on a synthetic category and save it; return the artifact path.
+    """Train a line model (lite0 unless ``backbone`` says otherwise) on a synthetic category and
+    save it; return the artifact path.
 
     The artifact (and its ``.sha256`` sidecar) is ``out_dir/tiny-<category>-...safetensors``;
     the generated images stay in ``out_dir/data-...``. ``teacher`` may pass an already loaded
-    lite0 teacher to save its load time. ``precision`` is the fit's (``memkd.precision``; auto
-    is fp32 on a CPU without native bf16, bf16 on one with it). ``score_topk`` overrides the
-    image score (``ModelConfig``; None: the default).
+    teacher of ``backbone`` to save its load time. ``precision`` is the fit's
+    (``memkd.precision``; auto is fp32 on a CPU without native bf16, bf16 on one with it).
+    ``score_topk`` overrides the image score (``ModelConfig``; None: the default).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tag = f"{category}-s{steps}-seed{seed}-px{input_size}-n{n_train}"
     tag += "" if precision == "auto" else f"-{precision}"
     tag += "" if score_topk is None else f"-top{score_topk:g}"
+    tag += "" if backbone == LITE0 else f"-{backbone}"
     path = out_dir / f"tiny-{tag}.safetensors"
     if path.is_file() and path.with_name(path.name + ".sha256").is_file():
         return path
@@ -63,11 +66,11 @@ def tiny_artifact(
             overwrite=True,
         )
     images = read_mvtec_category(data / category).train
-    teacher = teacher if teacher is not None else load_teacher("tf_efficientnet_lite0")
+    teacher = teacher if teacher is not None else load_teacher(backbone)
     result = fit(
         images,
         ModelConfig(
-            backbone=LITE0,
+            backbone=backbone,
             input_size=input_size,
             **({} if score_topk is None else {"score_topk": score_topk}),
         ),

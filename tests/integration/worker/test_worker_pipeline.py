@@ -74,6 +74,43 @@ def test_n_images_in_n_results_out(
     assert {p: committed[p] or 0 for p in ends} == ends
 
 
+def test_lines_on_two_teachers_are_each_scored_by_their_own(
+    worker_env: WorkerEnv,
+    artifact_v1: Path,
+    line_data: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """One worker serves a lite0 line and a line on the default teacher (lite2, since issue 14)
+    at once: each record is scored by its line's teacher, as the library scores it offline."""
+    from memkd.config import ModelConfig
+
+    from tests.support.models import tiny_artifact
+
+    default = ModelConfig().backbone
+    lite2 = tiny_artifact(tmp_path_factory.mktemp("lite2"), category="grass", backbone=default)
+    store = worker_env.store()
+    store.publish("A", artifact_v1, who="test")
+    store.publish("B", lite2, who="test")
+    files = category_images(line_data)[:6]
+    worker = worker_env.start_thread_worker()
+    try:
+        for line in ("A", "B"):
+            worker_env.produce([(f"{line}-{i}", f.read_bytes()) for i, f in enumerate(files)],
+                               line=line)  # fmt: skip
+        results = worker_env.read(worker_env.results, count=2 * len(files), timeout_s=120)
+    finally:
+        assert worker.stop() == 0
+    refs = {"A": _library_scores(artifact_v1, files), "B": _library_scores(lite2, files)}
+    assert sorted(r["id"] for r in results) == sorted(
+        f"{line}-{i}" for line in ("A", "B") for i in range(len(files))
+    )
+    for r in results:
+        line, index = r["id"].split("-")
+        f = files[int(index)]
+        assert r["line"] == line and r["model_version"] == f"{line}@1"
+        assert r["score"] == pytest.approx(refs[line][f.name + index], abs=1e-4)
+
+
 def _png(size: tuple[int, int] = (128, 128)) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", size, (90, 140, 60)).save(buf, format="PNG")

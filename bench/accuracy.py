@@ -75,6 +75,18 @@ ARMS: dict[str, Arm] = {
         {"steps": 1000, "lr_schedule": "cosine", "early_stopping": True, "eval_every": 50},
         ("memkd", "rd"),
     ),
+    # 6. stop on images apart from the calibration ones (6 of 60), at the defaults
+    "lite2-stop-apart": (
+        {"backbone": "tf_efficientnet_lite2"},
+        {
+            "steps": 1000,
+            "lr_schedule": "cosine",
+            "early_stopping": True,
+            "eval_every": 50,
+            "stop_fraction": 0.1,
+        },
+        ("memkd", "rd"),
+    ),
 }
 
 

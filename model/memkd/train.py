@@ -51,6 +51,7 @@ __all__ = [
     "load_batch",
     "resolve_device",
     "run_provenance",
+    "stop_split",
 ]
 
 Progress = Callable[[int, int, dict[str, float]], None]
@@ -116,6 +117,18 @@ def holdout_split(n: int, cfg: TrainConfig) -> tuple[list[int], list[int]]:
     gen = torch.Generator().manual_seed(cfg.seed + 7919)
     perm = torch.randperm(n, generator=gen).tolist()
     return sorted(perm[n_hold:]), sorted(perm[:n_hold])
+
+
+def stop_split(train: list[int], n: int, cfg: TrainConfig) -> tuple[list[int], list[int]]:
+    """Seeded (train indices, early-stopping indices) out of ``train`` (``n`` images in all):
+    ``stop_fraction`` of them, at least 2, when early stopping is on; none otherwise. At least
+    one image always stays for training."""
+    if not cfg.early_stopping or cfg.stop_fraction <= 0 or len(train) < 2:
+        return train, []
+    n_stop = min(max(round(cfg.stop_fraction * n), 2), len(train) - 1)
+    gen = torch.Generator().manual_seed(cfg.seed + 104729)
+    perm = torch.randperm(len(train), generator=gen).tolist()
+    return sorted(train[i] for i in perm[n_stop:]), sorted(train[i] for i in perm[:n_stop])
 
 
 class _FeatureSource:
@@ -217,8 +230,10 @@ def fit(
         )
     starts = np.cumsum([0, *counts[:-1]]).tolist()
     train_frames, hold_frames = holdout_split(len(counts), tcfg)
+    train_frames, stop_frames = stop_split(train_frames, len(counts), tcfg)
     train_idx = _tile_indices(train_frames, starts, counts)
     hold_idx = _tile_indices(hold_frames, starts, counts)
+    stop_idx = _tile_indices(stop_frames, starts, counts) if stop_frames else hold_idx
     x_train = x_all[train_idx]
     source = _FeatureSource(teacher, x_train, device, tcfg.feature_cache_mb, precision)
 
@@ -237,7 +252,7 @@ def fit(
         else None
     )
     warmup_steps = round(tcfg.memory_warmup * total)
-    stopper = _EarlyStopping.create(tcfg, teacher, x_all[hold_idx], device, precision, n_train)
+    stopper = _EarlyStopping.create(tcfg, teacher, x_all[stop_idx], device, precision, n_train)
     batches = _batches(n_train, min(tcfg.batch_size, n_train), gen)
     history: list[dict[str, float]] = []
     losses: dict[str, float] = {}
@@ -298,6 +313,7 @@ def fit(
         "n_images": len(counts),
         "n_train": len(train_frames),
         "n_holdout": len(hold_frames),
+        "n_stop": len(stop_frames),
         "n_train_inputs": n_train,
         "tiling": tiling.to_dict() if tiling is not None else None,
         "calibration_source": calib_source,

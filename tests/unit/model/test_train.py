@@ -8,7 +8,7 @@ import torch
 from memkd.backbones import Teacher
 from memkd.config import ModelConfig, TrainConfig
 from memkd.precision import PrecisionError
-from memkd.train import fit, holdout_split
+from memkd.train import fit, holdout_split, stop_split
 from PIL import Image
 from skimage import data
 
@@ -179,3 +179,27 @@ def test_a_tiled_fit_trains_on_tiles_and_calibrates_on_frame_scores(lite0: Teach
         tiles, _ = cut_tiles(frames[i], tiling, 64, lite0.mean, lite0.std)
         expected += frame_scores(model.score(lite0, tiles).scores, [len(tiles)])
     np.testing.assert_allclose(rep["holdout_scores"], expected, rtol=1e-4)
+
+
+def test_stopping_apart_keeps_the_calibration_images_and_takes_its_own_from_training() -> None:
+    """``stop_fraction``: the early-stopping images are disjoint from the calibration images,
+    which stay exactly those of a fit without it; they come out of the training images."""
+    cfg = TrainConfig(stop_fraction=0.1)
+    train, hold = holdout_split(60, cfg)
+    assert (train, hold) == holdout_split(60, TrainConfig())  # the same calibration images
+    kept, stop = stop_split(train, 60, cfg)
+    assert len(stop) == 6 and len(kept) == len(train) - 6
+    assert set(kept) | set(stop) == set(train) and not set(stop) & (set(kept) | set(hold))
+    assert stop_split(train, 60, cfg) == (kept, stop)  # seeded
+    assert stop_split(train, 60, TrainConfig()) == (train, [])  # off by default
+    assert stop_split(train, 60, TrainConfig(stop_fraction=0.1, early_stopping=False))[1] == []
+    assert len(stop_split([0, 1, 2], 4, TrainConfig(stop_fraction=0.01))[1]) == 2  # at least 2
+    assert stop_split([0, 1], 2, TrainConfig(stop_fraction=0.9)) == ([0], [1])  # one trains
+
+
+def test_a_fit_that_stops_apart_reports_it(lite0: Teacher) -> None:
+    tcfg = TrainConfig(steps=4, batch_size=4, eval_every=2, stop_fraction=0.2, seed=3)
+    report = fit(_crops(10), ModelConfig(backbone=LITE0, input_size=64, memory_items=4), tcfg,
+                 lite0).report  # fmt: skip
+    assert report["n_stop"] == 2 and report["n_holdout"] == 2 and report["n_train"] == 6
+    assert report["best_step"] in (2, 4)

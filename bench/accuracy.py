@@ -14,7 +14,7 @@ something RD also has, memory off (``rd``).
 
     .venv/bin/python bench/accuracy.py --arms base,init-data --seeds 0,1 --size 128
     .venv/bin/python bench/accuracy.py --arms final --seeds 0,1,2 --size 256 --test --tag final
-    .venv/bin/python bench/accuracy.py --thresholds --tag accuracy_runs
+    .venv/bin/python bench/accuracy.py --thresholds --tag accuracy_runs   # at the model's score
     .venv/bin/python bench/accuracy.py --thresholds --tag accuracy_runs,final256 \
         --more-good 0,25,50,100
     .venv/bin/python bench/accuracy.py --quick        # 1 category, 1 seed, 40 steps: a smoke run
@@ -369,7 +369,13 @@ def main(argv: list[str] | None = None) -> int:
         help="with --thresholds: the default rule with this many extra good images added to the "
         "evidence, e.g. 0,25,50,100 (over every --tag, comma-separated)",
     )
-    parser.add_argument("--score", default="max", help=f"image score: {', '.join(SCORES)}")
+    default_score = next(n for n, k in SCORES.items() if k == ModelConfig().score_topk)
+    parser.add_argument(
+        "--score",
+        default=default_score,
+        help=f"image score of --thresholds: {', '.join(SCORES)} (default: the model's, "
+        f"{default_score})",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.arms, args.categories, args.seeds, args.steps = "base", "grass", "0", 40

@@ -42,6 +42,7 @@ from memkd_stream.cli.main import Context, UsageError, line_arg, whole_number
 from memkd_stream.cli.output import Output
 from memkd_stream.cli.stored_models import Teachers, fingerprints
 from memkd_stream.errors import MemkdStreamError
+from memkd_stream.settings import ModelSettings
 
 if TYPE_CHECKING:
     from memkd_stream.lines.store import LineStore
@@ -70,8 +71,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="a folder of good images, or an MVTec-layout category (train/good; test/ is "
         "then used for the report's metrics)",
     )
+    default_teacher = ModelSettings.model_fields["backbone"].default
     p.add_argument(
-        "--backbone", choices=BACKBONES, help="teacher (default: settings model.backbone)"
+        "--backbone",
+        choices=BACKBONES,
+        help=f"teacher (default: the setting model.backbone, itself {default_teacher} unless set)",
     )
     p.add_argument(
         "--teacher-weights",

@@ -11,9 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-LITE0 = "tf_efficientnet_lite0"  # the tests' teacher: the fastest to load and run
+LITE0 = "tf_efficientnet_lite0"  # the tests' teacher (the fastest to load and run)
 
-__all__ = ["tiny_artifact"]
+__all__ = ["LITE0", "tiny_artifact"]
 
 
 def tiny_artifact(

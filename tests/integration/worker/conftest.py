@@ -17,9 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.models import LITE0
 from tests.support.worker_env import KAFKA, REDIS_URL, REPO, WorkerEnv
-
-LITE0 = "tf_efficientnet_lite0"  # the tests' teacher: the fastest to load and run
 
 
 def _reachable(hostport: str) -> bool:

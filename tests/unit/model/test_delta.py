@@ -22,7 +22,7 @@ from memkd.line_model import LineModel
 from memkd.lineage import ParentRef
 from memkd.network import MemKDStudent
 
-LITE0 = "tf_efficientnet_lite0"  # the tests' teacher: the fastest to load and run
+from tests.support.models import LITE0
 
 CFG = ModelConfig(backbone=LITE0, input_size=64, memory_items=8)
 

@@ -18,7 +18,7 @@ from memkd.evaluate import evaluate, format_report_table
 from memkd.train import fit
 from PIL import Image
 
-LITE0 = "tf_efficientnet_lite0"  # the tests' teacher: the fastest to load and run
+from tests.support.models import LITE0
 
 
 class BrightnessModel:

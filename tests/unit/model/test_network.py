@@ -9,7 +9,7 @@ from memkd.config import ModelConfig
 from memkd.losses import kd_loss, nm_loss, orth_loss
 from memkd.network import MemKDStudent, student_widths
 
-LITE0 = "tf_efficientnet_lite0"  # the tests' teacher: the fastest to load and run
+from tests.support.models import LITE0
 
 
 def test_sizing_rule_reproduces_reverse_distillation_wrn50() -> None:

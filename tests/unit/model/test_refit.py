@@ -13,7 +13,7 @@ from memkd.train import fit
 from PIL import Image
 from skimage import data
 
-LITE0 = "tf_efficientnet_lite0"  # the tests' teacher: the fastest to load and run
+from tests.support.models import LITE0
 
 CFG = ModelConfig(backbone=LITE0, input_size=64, memory_items=8)
 TCFG = TrainConfig(steps=3, batch_size=4, exemplars=3, holdout_fraction=0.25, precision="fp32")

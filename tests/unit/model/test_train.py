@@ -12,7 +12,7 @@ from memkd.train import fit, holdout_split, stop_split
 from PIL import Image
 from skimage import data
 
-LITE0 = "tf_efficientnet_lite0"  # the tests' teacher: the fastest to load and run
+from tests.support.models import LITE0
 
 
 def _crops(n: int, seed: int = 0) -> list[Image.Image]:

@@ -75,6 +75,18 @@ ARMS: dict[str, Arm] = {
         {"steps": 1000, "lr_schedule": "cosine", "early_stopping": True, "eval_every": 50},
         ("memkd", "rd"),
     ),
+    # 2, run late at the defaults: the memory read's temperature 1.0 (default 0.1), and the
+    # recalled normality added to the student feature instead of concatenated
+    "lite2-t1": (
+        {"backbone": "tf_efficientnet_lite2", "temperature": 1.0},
+        {"steps": 1000, "lr_schedule": "cosine", "early_stopping": True, "eval_every": 50},
+        ("memkd",),
+    ),
+    "lite2-add": (
+        {"backbone": "tf_efficientnet_lite2", "fusion": "add"},
+        {"steps": 1000, "lr_schedule": "cosine", "early_stopping": True, "eval_every": 50},
+        ("memkd",),
+    ),
     # 6. stop on images apart from the calibration ones (6 of 60), at the defaults
     "lite2-stop-apart": (
         {"backbone": "tf_efficientnet_lite2"},

@@ -59,7 +59,8 @@ class ExitCode(IntEnum):
     # bad arguments or settings, credentials or certificate files the broker refuses; the
     # worker: also a teacher that cannot be loaded
     USAGE = 2
-    BROKER_UNREACHABLE = 3  # memkd-worker: Kafka unreachable longer than its budget
+    # memkd-worker: Kafka unreachable, or refusing its offset commits, longer than its budget
+    BROKER_UNREACHABLE = 3
     DEVICE_FAULT = 4  # memkd-worker: the device fails every batch (a restart may get a good one)
     # memkd-stream: published, but the activation gate kept the active version (the new one
     # scored worse, or could not be compared); `lines activate` or --force activates it

@@ -122,6 +122,11 @@ class KafkaSettings(_Group):
     request_timeout_ms: int = Field(30000, ge=1000)
     # Broker down longer than this -> the worker exits non-zero so that Kubernetes restarts it.
     unreachable_timeout_s: float = Field(60.0, gt=0)
+    # Offset commits refused this long while results are owed (a consumer stuck in a rebalance
+    # that never completes) -> the worker exits 3 so that a restart rejoins the group, rather
+    # than scoring on with nothing committed. Longer than any rebalance that completes: the
+    # broker ends one after the members' max.poll.interval.ms (300 s by default).
+    commit_stall_timeout_s: float = Field(360.0, gt=0)
     # A worker that stops heartbeating (kill -9, a lost node) hands its partitions over after
     # this long: the parts on a line pass uninspected meanwhile. The broker's
     # group.min.session.timeout.ms (default 6000) is the floor.

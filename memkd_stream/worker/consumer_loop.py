@@ -3,8 +3,9 @@
 It is the only user of the ``KafkaConsumer`` (apart from the rebalance callbacks kafka-python
 runs inside its ``poll()``). Each record is registered with the ``OffsetTracker`` in fetch
 order before it enters the pipeline, which is what makes the committed prefix correct.
-Broker unreachable longer than ``kafka.unreachable_timeout_s`` -> the run turns fatal (exit
-code 3) so that Kubernetes restarts the worker; nothing unacked is committed meanwhile.
+Broker unreachable longer than ``kafka.unreachable_timeout_s``, or offset commits refused
+longer than ``kafka.commit_stall_timeout_s`` -> the run turns fatal (exit code 3) so that
+Kubernetes restarts the worker; nothing unacked is committed meanwhile.
 """
 
 from __future__ import annotations
@@ -83,6 +84,7 @@ class ConsumerLoop:
             now = time.monotonic()
             if now - last_commit >= COMMIT_INTERVAL_S:
                 self.committer.commit()
+                self.check_commit_stall()
                 last_commit = now
             if now - last_probe >= PROBE_INTERVAL_S:
                 self.probe_broker()
@@ -125,6 +127,20 @@ class ConsumerLoop:
                 **log_fields(item),
             )
         self.pipeline.submit(item)
+
+    def check_commit_stall(self) -> None:
+        """Commits refused past ``kafka.commit_stall_timeout_s``: a group membership that will
+        not heal by polling (results flow, nothing is committed). Fatal, so that a restart
+        rejoins; what was not committed is re-delivered, never lost."""
+        limit = self.ctx.kafka.commit_stall_timeout_s
+        stalled = self.committer.failing_for_s()
+        if stalled > limit:
+            self.ctx.state.fail(
+                f"offset commits refused for {stalled:.0f}s (limit "
+                f"kafka.commit_stall_timeout_s={limit:g}; last error: "
+                f"{self.committer.last_error}); exiting so that a restart rejoins the group",
+                ExitCode.BROKER_UNREACHABLE,
+            )
 
     def mark_broker_reachable(self) -> None:
         self.broker_ok = True

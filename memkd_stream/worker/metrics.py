@@ -122,6 +122,18 @@ class WorkerMetrics:
             "Device faults (every batch fails): the worker stops and exits 4",
             registry=r,
         )
+        self.commit_failures = Counter(
+            "memkd_offset_commit_failures",
+            "Offset commits refused (retried next round), by error; a steady rate means the "
+            "group is stuck and a restart would re-deliver everything since the last commit",
+            ["error"],
+            registry=r,
+        )
+        self.last_commit = Gauge(
+            "memkd_offset_last_commit_timestamp_seconds",
+            "Unix time of the last successful offset commit",
+            registry=r,
+        )
         self.broker_reachable = Gauge(
             "memkd_broker_reachable", "1 when the last broker probe succeeded", registry=r
         )
@@ -225,6 +237,12 @@ class WorkerMetrics:
         self.model_version.labels(self._line(line)).set(version)
 
     # ------------------------------------------------------------ worker hooks
+    def commit_failed(self, error: str) -> None:
+        self.commit_failures.labels(error).inc()
+
+    def committed(self) -> None:
+        self.last_commit.set_to_current_time()
+
     def record_in(self, n: int = 1) -> None:
         self.records_in.inc(n)
 

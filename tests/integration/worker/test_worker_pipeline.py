@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import logging
 import time
 from pathlib import Path
 
@@ -40,8 +41,12 @@ def _library_scores(artifact: Path, files: list[Path]) -> dict[str, float]:
 
 
 def test_n_images_in_n_results_out(
-    worker_env: WorkerEnv, artifact_v1: Path, line_data: Path
+    worker_env: WorkerEnv, artifact_v1: Path, line_data: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    # Once in many runs (seen in CI, not reproduced in isolation) kafka-python's consumer sits
+    # in a rebalance right after its first assignment and refuses commits for 30 s or more:
+    # the group's story is then in the coordinator's INFO log, shown if this test fails.
+    caplog.set_level(logging.INFO, logger="kafka.coordinator")
     store = worker_env.store()
     store.publish("A", artifact_v1, who="test")
     files = category_images(line_data)
@@ -50,7 +55,7 @@ def test_n_images_in_n_results_out(
     try:
         worker_env.produce([(i, f.read_bytes()) for i, f in zip(ids, files, strict=True)])
         results = worker_env.read(worker_env.results, count=len(files), timeout_s=90)
-        committed = worker_env.committed_through_end()
+        committed = worker_env.committed_through_end(timeout_s=60)
     finally:
         assert worker.stop() == 0
     assert sorted(r["id"] for r in results) == sorted(ids)  # exactly N, no duplicates

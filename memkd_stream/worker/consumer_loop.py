@@ -16,6 +16,7 @@ from kafka import TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 
 from memkd_stream.broker.probe import tcp_connect
+from memkd_stream.broker.stranded_join import StrandedJoinRepair
 from memkd_stream.contract.codes import DeadLetterCode
 from memkd_stream.contract.errors import BadRequest
 from memkd_stream.contract.request import parse_request
@@ -58,6 +59,7 @@ class ConsumerLoop:
         self.unreadable = UnreadableRecords(ctx, sink, self.next_offset)
         self.broker_ok = False
         self.broker_ok_at = time.monotonic()
+        self.stranded_join = StrandedJoinRepair()
 
     def run(self) -> None:
         state = self.ctx.state
@@ -83,6 +85,7 @@ class ConsumerLoop:
                     self.accept(tp, record)
             now = time.monotonic()
             if now - last_commit >= COMMIT_INTERVAL_S:
+                self.repair_stranded_join()
                 self.committer.commit()
                 self.check_commit_stall()
                 last_commit = now
@@ -127,6 +130,16 @@ class ConsumerLoop:
                 **log_fields(item),
             )
         self.pipeline.submit(item)
+
+    def repair_stranded_join(self) -> None:
+        """A consumer stuck in a rebalance nothing will finish (``StrandedJoinRepair``):
+        rejoin, so commits and heartbeats resume."""
+        if self.stranded_join.check(self.ctx.state.kafka_consumer):
+            self.ctx.metrics.stranded_rejoins.inc()
+            self.ctx.log.warning(
+                "consumer stuck in a rebalance that will not finish (kafka-python 3.0); "
+                "rejoining the group"
+            )
 
     def check_commit_stall(self) -> None:
         """Commits refused past ``kafka.commit_stall_timeout_s``: a group membership that will

@@ -134,6 +134,12 @@ class WorkerMetrics:
             "Unix time of the last successful offset commit",
             registry=r,
         )
+        self.stranded_rejoins = Counter(
+            "memkd_stranded_rejoins",
+            "Rejoins forced on a consumer stuck in a rebalance nothing would finish "
+            "(kafka-python 3.0; memkd_stream.broker.stranded_join)",
+            registry=r,
+        )
         self.broker_reachable = Gauge(
             "memkd_broker_reachable", "1 when the last broker probe succeeded", registry=r
         )

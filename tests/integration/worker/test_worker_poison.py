@@ -6,7 +6,6 @@ record gets exactly one output: a result or a dead letter.
 
 from __future__ import annotations
 
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +15,7 @@ import pytest
 from kafka.errors import UnsupportedCodecError
 
 from memkd_stream.broker.clients import make_admin, make_producer
-from tests.support.worker_env import REPO, WorkerEnv, category_images
+from tests.support.worker_env import WorkerEnv, category_images
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -135,30 +134,6 @@ def test_poison_records_get_dead_letters_and_the_next_image_is_scored(
     assert results["odd-meta"]["headers"]["traceparent"] == "garbage"  # passed through as sent
     assert results["traced"]["headers"]["traceparent"] == TRACEPARENT
     assert ignored == {"traceparent": 1.0, "memkd-sent-at": 1.0}
-
-
-@pytest.fixture(scope="session")
-def java_camera(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., None]:
-    """``java_camera(env, compression, {id: file})``: the official Java client producing images
-    to partition 0 of the env's inspect topic, compiled here from tests/integration/clients."""
-    lib = REPO / "deploy" / "local" / "lib"
-    classes = tmp_path_factory.mktemp("java-camera")
-    source = REPO / "tests" / "integration" / "clients" / "CameraProducer.java"
-    subprocess.run(
-        ["javac", "-d", str(classes), "-cp", f"{lib}/*", str(source)], check=True, timeout=120
-    )
-
-    def produce(env: WorkerEnv, compression: str, images: dict[str, Path]) -> None:
-        pairs = [f"{image_id}={path}" for image_id, path in images.items()]
-        command = ["java", "-cp", f"{classes}:{lib}/*", "CameraProducer"]
-        subprocess.run(
-            [*command, env.kafka, env.inspect, "A", compression, *pairs],
-            check=True,
-            timeout=120,
-            capture_output=True,
-        )
-
-    return produce
 
 
 def _bmp_images(line_data: Path, folder: Path, n: int) -> dict[str, Path]:

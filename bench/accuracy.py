@@ -99,6 +99,13 @@ ARMS: dict[str, Arm] = {
         LONG_ES,
         ("memkd",),
     ),
+    # 8. the kept schedule without early stopping: the last student of the cosine run, so the
+    # calibration images choose nothing
+    "lite2-long": (
+        {"backbone": "tf_efficientnet_lite2"},
+        LONG_ES | {"early_stopping": False},
+        ("memkd",),
+    ),
     # 6. stop on images apart from the calibration ones (6 of 60), at the defaults
     "lite2-stop-apart": (
         {"backbone": "tf_efficientnet_lite2"},

@@ -287,6 +287,8 @@ def threshold_rows(folder: Path, score: str, arm: str = "") -> list[dict[str, An
         data = np.load(npz)
         hold, val, labels = data[f"hold_{score}"], data[f"val_{score}"], data["val_labels"]
         good, bad = val[labels == 0], val[labels == 1]
+        # where the calibration scores fall among unseen goods (50 = unbiased; Arm 6, Arm 8)
+        percentile = float(100 * np.mean([np.mean(good < h) for h in hold]))
         for rule in RULES:
             for target in TARGETS:
                 thr = threshold_for(hold, rule, target)
@@ -297,6 +299,7 @@ def threshold_rows(folder: Path, score: str, arm: str = "") -> list[dict[str, An
                 rows.append({
                     "arm": f_arm, "variant": variant, "category": category, "seed": int(seed),
                     "size": int(size), "rule": rule, "target": target, "n_holdout": hold.size,
+                    "holdout_percentile": percentile,
                     "threshold": thr, "predicted": predicted, "observed": observed,
                     "ci_low": lo, "ci_high": hi,
                     "within_2x": predicted / 2 <= observed <= predicted * 2,

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import functools
 import itertools
 import json
 import time
@@ -339,8 +340,6 @@ def more_good_rows(
                 # where a lognormal_fit line's rate lands for 80 % of lines (its own model)
                 low, high = _fpr_range(evidence.size, target)
                 rows.append({
-                    "range_low": low, "range_high": high,
-                    "in_range": rule == "lognormal_fit" and low <= observed <= high,
                     "folder": npz.parent.name, "arm": f_arm, "variant": variant,
                     "category": category, "seed": int(seed), "size": int(size), "rule": rule,
                     "extra": n,
@@ -349,6 +348,8 @@ def more_good_rows(
                     "ci_low": lo, "ci_high": hi,
                     "within_2x": target / 2 <= observed <= target * 2,
                     "ci_meets_2x": lo <= target * 2 and hi >= target / 2,
+                    "range_low": low, "range_high": high,
+                    "in_range": rule == "lognormal_fit" and low <= observed <= high,
                 })  # fmt: skip
     return rows
 
@@ -415,6 +416,7 @@ def _boxcox_fit_threshold(scores: np.ndarray, target: float) -> float:
     return value if np.isfinite(value) else threshold_for(scores, "lognormal_fit", target)
 
 
+@functools.cache
 def _fpr_range(n: int, target: float, level: float = 0.8) -> tuple[float, float]:
     """The central ``level`` interval of the false-alarm rate a ``lognormal_fit`` threshold from
     ``n`` good scores realises under its own model (model/README.md, "An honest range").

@@ -1,6 +1,7 @@
 // A camera as plants build them: the official Java client (kafka-clients), sending image files
 // with the producer settings a camera vendor picks (compression.type, linger, batching).
-// Used by tests/integration/worker/test_worker_poison.py; compiled at test time with javac
+// Used by tests/integration/worker/test_worker_poison.py and test_worker_transactions.py (the
+// java_camera fixture of their conftest); compiled at test time with javac
 // against the Kafka jars that `make setup` fetched (deploy/local/lib).
 //
 // usage: java [-Dcamera.transactional.id=TID] CameraProducer BOOTSTRAP TOPIC LINE COMPRESSION ID=FILE...

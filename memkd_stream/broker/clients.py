@@ -165,6 +165,7 @@ def make_reader(kafka: KafkaSettings, *, timeout_s: float | None = None) -> Kafk
     return KafkaConsumer(
         group_id=None,
         enable_auto_commit=False,
+        isolation_level=kafka.isolation_level,
         fetch_max_bytes=max(52428800, fetch_bytes),
         max_partition_fetch_bytes=fetch_bytes,
         **config,

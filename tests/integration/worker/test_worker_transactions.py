@@ -13,8 +13,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from kafka import KafkaConsumer, TopicPartition
+from kafka import TopicPartition
 
+from memkd_stream.broker.clients import make_reader
 from tests.support.worker_env import WorkerEnv, category_images
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -23,7 +24,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 def _log(env: WorkerEnv, isolation_level: str, expect: int) -> dict[str, int]:
     """Image id -> offset of partition 0 of the inspect topic, as a group-less consumer reading
     at ``isolation_level`` sees it (until ``expect`` records or 30 s)."""
-    consumer = KafkaConsumer(bootstrap_servers=env.kafka, isolation_level=isolation_level)
+    consumer = make_reader(env.settings(MEMKD_KAFKA__ISOLATION_LEVEL=isolation_level).kafka)
     tp = TopicPartition(env.inspect, 0)
     consumer.assign([tp])
     consumer.seek_to_beginning(tp)

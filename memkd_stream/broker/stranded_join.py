@@ -7,7 +7,9 @@ join itself clears that cause as soon as its JoinGroup response arrives, so nobo
 result: the member stays ``REBALANCING`` for good, with heartbeats off. The broker evicts it after
 the session timeout while it keeps fetching (another member may now own those partitions), and
 every commit is refused client-side (``RebalanceInProgressError``). Seen once in CI, right after
-a worker's first assignment to a just-created topic.
+a worker's first assignment to a just-created topic: the second rebalance that a metadata fetch
+made before ``subscribe`` forced. The worker now subscribes first (DESIGN.md §4), which removes
+that trigger but not the others (partitions added, a subscription change).
 
 The repair asks the coordinator for a rejoin: the next ``poll()`` sends a fresh JoinGroup (an
 evicted member gets ``UnknownMemberId``, resets and joins anew) and finishes it. Only a state

@@ -146,19 +146,26 @@ class Worker:
             max_poll_records=max(1, self.ctx.worker.queue_max_records // 4),
             **overrides,
         )
-        self._await_topic_metadata(kafka.inspect_topic)
+        # Subscribe first, then fetch metadata: the order matters (see _await_topic_metadata).
         consumer.subscribe([kafka.inspect_topic], listener=self.rebalance)
+        self._await_topic_metadata(kafka.inspect_topic)
         self.consumer_loop.mark_broker_reachable()
 
     def _await_topic_metadata(self, topic: str, timeout_s: float = 10.0) -> None:
-        """Know the inspect topic's partitions before joining the group.
+        """Know the inspect topic's partitions before the first poll joins the group.
 
-        The group leader assigns from its own metadata cache. Joining before that cache knows a
-        (just created) topic yields an empty assignment that kafka-python only revisits at the
-        next metadata refresh: a worker idle for minutes (seen in the tests, one run in two).
+        The group leader assigns from its coordinator's snapshot of the subscribed topics'
+        partitions, and kafka-python rebuilds that snapshot only when a metadata response
+        arrives *while subscribed*. Joining before the snapshot knows a (just created) topic
+        yields an empty assignment, revisited only at the next metadata refresh (a worker idle
+        for minutes); and a snapshot that changes right after the first join (a metadata fetch
+        made before ``subscribe``) forces a second rebalance within a second of the first, so a
+        SIGTERM then finds the member rejoining and its drain commit refused. ``topics()`` always
+        asks the broker, so after ``subscribe`` it rebuilds the snapshot before the first join.
         """
+        consumer = self.state.kafka_consumer
         deadline = time.monotonic() + timeout_s
-        while not self.state.kafka_consumer.partitions_for_topic(topic):
+        while topic not in consumer.topics() or not consumer.partitions_for_topic(topic):
             if time.monotonic() >= deadline:
                 self.ctx.log.warning(
                     "inspect topic has no partitions yet; create it with 'memkd-stream topics "
@@ -191,9 +198,13 @@ class Worker:
                 state.producer.flush(timeout=max(0.5, grace - (time.monotonic() - started) - 1.5))
             except Exception as exc:
                 log.warning("producer flush incomplete", error=str(exc))
-        if state.fatal is None:
-            self.committer.commit(timeout_ms=2000)
+        # Closing from here: a revoke during the commit's rejoin commits and forgets at once.
         state.closing = True
+        if state.fatal is None:
+            budget = max(2.0, grace - (time.monotonic() - started) - _CLOSE_MARGIN_S)
+            self.committer.commit_before_exit(
+                budget_s=min(budget, 10.0), between_tries=self.consumer_loop.repair_stranded_join
+            )
         log.info(
             "drained",
             abandoned=self.tracker.pending(),

@@ -10,6 +10,7 @@ Kubernetes restarts the worker; nothing unacked is committed meanwhile.
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 from kafka import TopicPartition
@@ -86,6 +87,7 @@ class ConsumerLoop:
             now = time.monotonic()
             if now - last_commit >= COMMIT_INTERVAL_S:
                 self.repair_stranded_join()
+                self.observe_generation()
                 self.committer.commit()
                 self.check_commit_stall()
                 last_commit = now
@@ -140,6 +142,13 @@ class ConsumerLoop:
                 "consumer stuck in a rebalance that will not finish (kafka-python 3.0); "
                 "rejoining the group"
             )
+
+    def observe_generation(self) -> None:
+        """Export the group generation (kafka-python 3's ``group_metadata()``; other clients
+        leave the gauge alone)."""
+        with contextlib.suppress(Exception):
+            metadata = self.ctx.state.kafka_consumer.group_metadata()
+            self.ctx.metrics.group_generation.set(max(0, metadata.generation_id))
 
     def check_commit_stall(self) -> None:
         """Commits refused past ``kafka.commit_stall_timeout_s``: a group membership that will

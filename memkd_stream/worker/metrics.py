@@ -140,6 +140,12 @@ class WorkerMetrics:
             "(kafka-python 3.0; memkd_stream.broker.stranded_join)",
             registry=r,
         )
+        self.group_generation = Gauge(
+            "memkd_group_generation",
+            "The consumer group generation this worker is in; each rebalance adds one, so a "
+            "steadily rising value is a rebalance storm",
+            registry=r,
+        )
         self.broker_reachable = Gauge(
             "memkd_broker_reachable", "1 when the last broker probe succeeded", registry=r
         )

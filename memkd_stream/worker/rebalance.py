@@ -87,8 +87,9 @@ class RebalanceHandler(AsyncConsumerRebalanceListener):
         return their committable offsets; they are forgotten afterwards."""
         state = self.ctx.state
         if state.closing:
-            # closing: the drain already committed; after a fatal error nothing more is
-            # committed (the broker is likely gone and the close must not wait on it)
+            # closing: the pipeline has stopped, nothing more will finish; commit what is acked
+            # now (a rejoin during the drain's last commit lands here); after a fatal error
+            # nothing more is committed (the broker is likely gone; the close must not wait)
             offsets = {} if state.fatal else self.committer.committable(only=revoked)
             self.forget(revoked, reason="closed")
             return offsets

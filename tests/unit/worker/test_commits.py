@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from kafka.errors import RebalanceInProgressError
+from kafka.errors import KafkaTimeoutError, RebalanceInProgressError
 
 from memkd_stream.errors import ExitCode
 from memkd_stream.worker.app import Worker
@@ -78,3 +78,50 @@ def test_a_success_or_nothing_owed_resets_the_stall_clock(worker: Worker) -> Non
     consumer.refuse = True
     worker.committer.commit()  # nothing owed since the last commit: no refusal to time
     assert worker.committer.failing_for_s() == 0
+
+
+class RejoiningConsumer(CommittingConsumer):
+    """Refuses commits until a ``poll`` has completed the rejoin, as kafka-python does."""
+
+    def __init__(self, refusal: Exception) -> None:
+        super().__init__()
+        self.refusal = refusal
+        self.polls = 0
+
+    def commit(self, offsets: dict, timeout_ms: int = 0) -> None:
+        if self.refuse:
+            raise self.refusal
+        super().commit(offsets, timeout_ms)
+
+    def poll(self, timeout_ms: int = 0) -> dict:
+        assert self.paused == self.assigned  # no new records while the drain rejoins
+        self.polls += 1
+        self.refuse = False
+        return {}
+
+
+def test_the_drains_last_commit_rejoins_a_rebalancing_group_then_commits(worker: Worker) -> None:
+    consumer = RejoiningConsumer(RebalanceInProgressError("rejoining"))
+    worker.state.consumer = consumer  # type: ignore[assignment]
+    worker.tracker.ack(TP0, tracked_item(worker, TP0, 0).offset)
+    assert worker.committer.commit_before_exit(budget_s=5) is True
+    assert consumer.polls == 1
+    assert consumer.commits == [{0: 1}]
+    assert worker.tracker.committable() == {}
+
+
+def test_the_drains_last_commit_gives_up_on_other_refusals_and_at_its_budget(
+    worker: Worker,
+) -> None:
+    consumer = RejoiningConsumer(KafkaTimeoutError("broker gone"))
+    worker.state.consumer = consumer  # type: ignore[assignment]
+    worker.tracker.ack(TP0, tracked_item(worker, TP0, 0).offset)
+    assert worker.committer.commit_before_exit(budget_s=5) is False
+    assert consumer.polls == 0  # a dead broker: no rejoin to wait for
+    stuck = RejoiningConsumer(RebalanceInProgressError("rejoining"))
+    stuck.poll = lambda timeout_ms=0: {}  # type: ignore[method-assign]  # never rejoins
+    worker.state.consumer = stuck  # type: ignore[assignment]
+    started = time.monotonic()
+    assert worker.committer.commit_before_exit(budget_s=0.3) is False
+    assert time.monotonic() - started < 2
+    assert worker.tracker.committable() == {TP0: 1}  # still owed: the next owner re-reads it

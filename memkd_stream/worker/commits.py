@@ -84,8 +84,11 @@ class OffsetCommitter:
                 return False
             between_tries()
             consumer = self.ctx.state.kafka_consumer
-            consumer.pause(*consumer.assignment())
-            consumer.poll(timeout_ms=200)
+            try:
+                consumer.pause(*consumer.assignment())
+                consumer.poll(timeout_ms=200)
+            except Exception as exc:  # the drain must reach its close whatever poll raises
+                self.ctx.log.warning("poll to finish the rejoin failed", error=str(exc))
 
     def failing_for_s(self) -> float:
         """Seconds since commits started being refused with results owed (0: they are not)."""

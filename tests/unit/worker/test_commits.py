@@ -125,3 +125,21 @@ def test_the_drains_last_commit_gives_up_on_other_refusals_and_at_its_budget(
     assert worker.committer.commit_before_exit(budget_s=0.3) is False
     assert time.monotonic() - started < 2
     assert worker.tracker.committable() == {TP0: 1}  # still owed: the next owner re-reads it
+
+
+def test_a_poll_that_raises_does_not_stop_the_drains_last_commit(worker: Worker) -> None:
+    consumer = RejoiningConsumer(RebalanceInProgressError("rejoining"))
+    calls = {"n": 0}
+
+    def flaky_poll(timeout_ms: int = 0) -> dict:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("a rebalance callback failed")
+        consumer.refuse = False
+        return {}
+
+    consumer.poll = flaky_poll  # type: ignore[method-assign]
+    worker.state.consumer = consumer  # type: ignore[assignment]
+    worker.tracker.ack(TP0, tracked_item(worker, TP0, 0).offset)
+    assert worker.committer.commit_before_exit(budget_s=5) is True
+    assert consumer.commits == [{0: 1}]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import signal
 import subprocess
+import threading
 import time
 import urllib.request
 from collections import defaultdict
@@ -198,3 +199,49 @@ def test_rebalance_mid_stream_finishes_and_commits_revoked_work(
         sources[r["id"]].add((r["source"]["partition"], r["source"]["offset"]))
     assert all(len(s) == 1 for s in sources.values())
     assert {r["worker"] for r in results} == {"w1", "w2"}
+
+
+def test_a_rolling_restart_hands_over_exactly_once(
+    worker_env: WorkerEnv, artifact_v1: Path, line_data: Path, tmp_path: Path
+) -> None:
+    """Kubernetes' rolling update: the new pod joins, the old one gets SIGTERM about when the
+    group rebalances, while images keep arriving. The old worker drains and commits (through
+    the rebalance if it is caught in it), so the new one starts exactly where it stopped: every
+    image answered once. Where in the rebalance the signal lands is not forced; the commit
+    refused mid-rejoin is unit-tested (test_commits.py)."""
+    worker_env.store().publish("A", artifact_v1, who="test")
+    images = [f.read_bytes() for f in category_images(line_data)]
+    sent: list[str] = []
+    stop = threading.Event()
+
+    def camera() -> None:  # one image per partition every ~0.2 s until stopped
+        while not stop.is_set():
+            for part in range(worker_env.partitions):
+                rid = f"rr-{len(sent):04d}"
+                worker_env.produce([(rid, images[len(sent) % len(images)])], partition=part)
+                sent.append(rid)
+            time.sleep(0.2)
+
+    old = worker_env.spawn_worker(tmp_path / "old.log", MEMKD_WORKER__WORKER_ID="old")
+    wait_ready(old)
+    feeder = threading.Thread(target=camera, daemon=True)
+    feeder.start()
+    try:
+        assert worker_env.read(worker_env.results, count=5, timeout_s=120)
+        new = worker_env.spawn_worker(tmp_path / "new.log", MEMKD_WORKER__WORKER_ID="new")
+        wait_ready(new)  # it joins the group now: the rebalance starts
+        time.sleep(1.0)  # the old worker hears of it at its next heartbeat (2 s at most)
+        old.send_signal(signal.SIGTERM)
+        assert old.wait(timeout=40) == 0, (tmp_path / "old.log").read_text()
+        time.sleep(3)  # the new worker alone, images still arriving
+    finally:
+        stop.set()
+        feeder.join(timeout=10)
+    results = worker_env.read(worker_env.results, count=len(sent), timeout_s=120)
+    time.sleep(3)  # any duplicate would arrive now
+    results = worker_env.read(worker_env.results, count=len(sent), timeout_s=5)
+    new.send_signal(signal.SIGTERM)
+    assert new.wait(timeout=40) == 0, (tmp_path / "new.log").read_text()
+    ids = sorted(r["id"] for r in results)
+    assert ids == sorted(sent), (tmp_path / "old.log").read_text()[-4000:]
+    assert {r["worker"] for r in results} == {"old", "new"}

@@ -239,6 +239,8 @@ def _run_fit(
     out = args.results / args.tag
     out.mkdir(parents=True, exist_ok=True)
     np.savez(out / (_key(row).replace("|", "_") + ".npz"), **arrays)
+    if args.save_models:  # for post-hoc analyses of the maps (bench/map_fusion.py)
+        model.save(out / (_key(row).replace("|", "_") + ".safetensors"))
     return row
 
 
@@ -460,6 +462,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, default=RESULTS, help="where CSVs and npz go")
     parser.add_argument("--tag", default="accuracy_runs", help="CSV and npz folder name")
     parser.add_argument("--quick", action="store_true", help="grass, seed 0, base, 40 steps")
+    parser.add_argument(
+        "--save-models",
+        action="store_true",
+        help="also keep each fit's model beside its scores (<tag>/<key>.safetensors)",
+    )
     parser.add_argument("--metric", default="val_auroc_max", help="column the summary shows")
     parser.add_argument("--summary", action="store_true", help="print the summary only")
     parser.add_argument(
